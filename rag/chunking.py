@@ -1,0 +1,364 @@
+"""Document -> Chunks, with langchain-text-splitters choosing where to cut.
+
+Sizes are counted in the embedding model's own tokens, so a chunk never holds more than the model
+can see and nothing is silently truncated at embedding time. Langchain returns strings, not
+positions, so every piece is located in the document here (never ``str.find`` from the start,
+which is wrong for repeated text), then checked: a piece over the limit is cut again at token
+boundaries, and any non-whitespace text no piece covers becomes a chunk of its own. Whatever the
+splitter does, ``document.text[chunk.start:chunk.end] == chunk.text`` and every chunk fits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import tokenizers
+from langchain_text_splitters import (
+    Language,
+    RecursiveCharacterTextSplitter,
+    Tokenizer,
+    split_text_on_tokens,
+)
+
+from rag.errors import ConfigError, ModelError
+from rag.types import Chunk, Document
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("recursive", "markdown", "token")
+HEADER_JOIN = " > "
+
+Span = tuple[int, int]
+Counted = tuple[int, int, int]  # start, end, tokens
+
+_ATX_HEADER = re.compile(r" {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+_FRONT_MATTER = re.compile(r"---[ \t]*\r?\n.*?\n---[ \t]*(?:\r?\n|$)", re.DOTALL)
+
+
+def chunk_id(document_id: str, start: int, text: str) -> str:
+    """Deterministic id from document identity, position and content: re-ingesting is a no-op."""
+    content = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    key = f"{document_id}:{start}:{content}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(key).hexdigest()[:32]
+
+
+class Chunker:
+    """Splits documents into chunks of at most ``limit`` tokens of the embedding model.
+
+    ``recursive`` cuts at paragraphs, then lines, then words; ``markdown`` first cuts at headers
+    (outside code fences) and records the header path; ``token`` takes fixed token windows.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        strategy: str = "recursive",
+        chunk_size: int = 256,
+        chunk_overlap: int = 32,
+        max_tokens: int | None = None,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise ConfigError(
+                f"chunking.strategy: unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}"
+            )
+        if chunk_size < 1:
+            raise ConfigError(f"chunking.chunk_size must be at least 1 token, got {chunk_size}")
+        if chunk_overlap < 0:
+            raise ConfigError(f"chunking.chunk_overlap must be 0 or more tokens, got {chunk_overlap}")
+        if max_tokens is not None and max_tokens < 1:
+            raise ConfigError(f"chunking: max_tokens must be at least 1, got {max_tokens}")
+        limit = chunk_size if max_tokens is None else min(chunk_size, max_tokens)
+        if chunk_overlap >= limit:
+            capped = f" (chunking.chunk_size {chunk_size} capped by the model's {max_tokens})"
+            raise ConfigError(
+                f"chunking.chunk_overlap ({chunk_overlap}) must be smaller than the chunk size "
+                f"{limit}{capped if limit < chunk_size else ''}"
+            )
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelError(
+                "chunking needs a fast tokenizer (a model folder with tokenizer.json) to map tokens to "
+                "character offsets"
+            )
+        self.strategy = strategy
+        self.chunk_size = chunk_size
+        self.chunk_overlap = chunk_overlap
+        self._limit = limit
+        # A private copy of the Rust tokenizer: the shared one may carry truncation/padding settings
+        # (MiniLM's pads and truncates to 128), and calling it directly skips transformers' overhead.
+        self._encoder = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self._encoder.no_truncation()
+        self._encoder.no_padding()
+        # Langchain measures the same piece several times while merging: counts are cached per document.
+        self._counts: dict[str, int] = {}
+        # encode_batch_fast (tokenizers >= 0.21) skips offsets, which counting does not need.
+        self._encode_many = getattr(self._encoder, "encode_batch_fast", self._encoder.encode_batch)
+        # Separators are kept in the pieces, so pieces are contiguous substrings that can be located.
+        if strategy == "markdown":
+            # Sections are already cut at headers, so langchain's header separator (which also fires
+            # on "# comments" in code) is left out; keeping separators at the end of a piece leaves
+            # a closing ``` with its code.
+            separators = [
+                sep
+                for sep in RecursiveCharacterTextSplitter.get_separators_for_language(Language.MARKDOWN)
+                if "#" not in sep
+            ]
+            is_regex, keep = True, "end"
+        else:
+            separators, is_regex, keep = ["\n\n", "\n", " ", ""], False, "start"
+        self._first_cuts = [re.compile(sep if is_regex else re.escape(sep)) for sep in separators if sep]
+        self._keep_end = keep == "end"
+        self._splitter = RecursiveCharacterTextSplitter(
+            separators=separators,
+            is_separator_regex=is_regex,
+            keep_separator=keep,
+            chunk_size=limit,
+            chunk_overlap=chunk_overlap,
+            length_function=self._cached_count,
+        )
+
+    @property
+    def limit(self) -> int:
+        """The most tokens a chunk may hold: ``min(chunk_size, max_tokens)``."""
+        return self._limit
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` without special tokens, as the embedding model will see them."""
+        return len(self._encoder.encode(text, add_special_tokens=False))
+
+    def split(self, document: Document) -> list[Chunk]:
+        """The document's chunks in order; empty for a blank document."""
+        text = document.text
+        self._counts.clear()
+        if self.strategy == "markdown":
+            sections = _markdown_sections(text)
+        else:
+            sections = [(0, len(text), None)]
+        spans: list[tuple[int, int, str | None]] = []
+        for start, end, headers in sections:
+            spans.extend((start + a, start + b, headers) for a, b, _ in self._spans(text[start:end]))
+        self._counts.clear()
+
+        base = _scalar_metadata(document.metadata)
+        chunks = []
+        for index, (start, end, headers) in enumerate(spans):
+            piece = text[start:end]
+            metadata = {**base, "chunk_index": index, "start": start, "end": end}
+            if headers is not None:
+                metadata["headers"] = headers
+            chunk = Chunk(chunk_id(document.id, start, piece), document.id, piece, start, end, metadata)
+            chunks.append(chunk)
+        return chunks
+
+    def _spans(self, text: str) -> list[Counted]:
+        """Spans of ``text`` that fit the limit and cover all its non-whitespace, in order."""
+        if not text.strip():
+            return []
+        if self.strategy == "token":
+            pieces = self._token_windows(text)
+        else:
+            self._warm_counts(text)
+            pieces = self._splitter.split_text(text)
+        spans = _fill_gaps(text, _locate(text, pieces))
+        fitted: list[Counted] = []
+        for (a, b), count in zip(spans, self._count_many([text[a:b] for a, b in spans])):
+            fitted.extend([(a, b, count)] if count <= self._limit else self._cut(text, a, b))
+        return self._join_small(text, _drop_contained(fitted))
+
+    def _join_small(self, text: str, spans: list[Counted]) -> list[Counted]:
+        """Join each span to the one before it when the two fit in one chunk.
+
+        Langchain starts a fresh chunk after every paragraph it had to cut, which leaves scraps
+        such as a lone ``</div>`` or closing fence. Joining only backwards, as langchain's own
+        merging does, means an edit can change the chunk just before it but none further up.
+        """
+        out: list[Counted] = []
+        for start, end, count in spans:
+            if out and out[-1][2] + count <= self._limit:
+                joined = self.count_tokens(text[out[-1][0] : end])
+                if joined <= self._limit:
+                    out[-1] = (out[-1][0], end, joined)
+                    continue
+            out.append((start, end, count))
+        return out
+
+    def _warm_counts(self, text: str) -> None:
+        """Count, in one parallel batch, the pieces langchain's first cut will measure one by one.
+
+        The first cut is at every match of the first separator found in the text, the separator
+        kept with the piece before or after it. Only a speed-up: a piece guessed wrongly is simply
+        counted again when langchain asks.
+        """
+        for separator in self._first_cuts:
+            cuts = [m.end() if self._keep_end else m.start() for m in separator.finditer(text)]
+            if cuts:
+                bounds = [0, *cuts, len(text)]
+                pieces = [text[a:b] for a, b in zip(bounds, bounds[1:]) if a < b]
+                self._counts.update(zip(pieces, self._count_many(pieces)))
+                return
+
+    def _count_many(self, texts: list[str]) -> list[int]:
+        return [len(encoding) for encoding in self._encode_many(texts, add_special_tokens=False)]
+
+    def _token_windows(self, text: str) -> list[str]:
+        """Langchain's token windows, with token positions as ids so each window decodes to the
+        exact original text (decoding real ids would normalise it: lower case, no accents)."""
+        offsets = self._encoder.encode(text, add_special_tokens=False).offsets
+        windows = Tokenizer(
+            chunk_overlap=self.chunk_overlap,
+            tokens_per_chunk=self._limit,
+            encode=lambda _: list(range(len(offsets))),
+            decode=lambda ids: text[offsets[ids[0]][0] : offsets[ids[-1]][1]],
+        )
+        return split_text_on_tokens(text=text, tokenizer=windows)
+
+    def _cut(self, text: str, start: int, end: int) -> list[Counted]:
+        """Cut an over-limit span into consecutive spans that fit, at token boundaries.
+
+        A substring can tokenise differently from the whole (a word cut in two, an over-long word
+        that was one [UNK]), so each cut is re-counted and moved back until it fits. The one thing
+        that cannot fit is a single character worth more tokens than the limit (a Hangul syllable
+        is 3 MiniLM tokens), possible only with a tiny chunk size: it is kept, with a warning.
+        """
+        out: list[Counted] = []
+        start, end = _strip(text, start, end)
+        while start < end:
+            offsets = self._encoder.encode(text[start:end], add_special_tokens=False).offsets
+            if len(offsets) <= self._limit:
+                out.append((start, end, len(offsets)))
+                break
+            take = self._limit
+            while True:
+                cut = _strip(text, start, start + max(offsets[take - 1][1], 1))[1]
+                count = self.count_tokens(text[start:cut])
+                if count <= self._limit or take == 1:  # one token's text is as small as a cut can be
+                    break
+                take = max(1, take - (count - self._limit))
+            if count > self._limit:
+                log.warning("%r is %d tokens, over the chunk size %d", text[start:cut], count, self._limit)
+            out.append((start, cut, count))
+            start, end = _strip(text, cut, end)
+        return out
+
+    def _cached_count(self, text: str) -> int:
+        count = self._counts.get(text)
+        if count is None:
+            count = self._counts[text] = self.count_tokens(text)
+        return count
+
+
+def _strip(text: str, start: int, end: int) -> Span:
+    """The span without its leading and trailing whitespace (as ``str.strip`` sees it)."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _locate(text: str, pieces: list[str]) -> list[Span]:
+    """Where each piece lies in ``text``, moving forward.
+
+    The next piece starts after the previous one's start and no later than the first
+    non-whitespace character after its end (else text would be skipped), and it must reach past
+    the previous end; a piece with no such place only repeats text already covered (or the
+    splitter went astray) and is dropped, since ``_fill_gaps`` restores coverage either way.
+    """
+    spans: list[Span] = []
+    prev_start, prev_end = -1, 0
+    for piece in pieces:
+        if not piece:
+            continue
+        latest = _strip(text, prev_end, len(text))[0]
+        stop = latest + len(piece)
+        pos = text.find(piece, prev_start + 1, stop)
+        while pos >= 0 and pos + len(piece) <= prev_end:
+            pos = text.find(piece, pos + 1, stop)
+        if pos < 0:
+            continue
+        start, end = _strip(text, pos, pos + len(piece))
+        if start < end:
+            spans.append((start, end))
+            prev_start, prev_end = start, max(prev_end, end)
+    return spans
+
+
+def _fill_gaps(text: str, spans: list[Span]) -> list[Span]:
+    """Add any non-whitespace text between (or around) the spans as spans of its own."""
+    out: list[Span] = []
+    covered = 0
+    for start, end in [*spans, (len(text), len(text))]:
+        if start > covered:
+            gap = _strip(text, covered, start)
+            if gap[0] < gap[1]:
+                out.append(gap)
+        if end > start:
+            out.append((start, end))
+        covered = max(covered, end)
+    return out
+
+
+def _drop_contained(spans: list[Counted]) -> list[Counted]:
+    """Spans sorted by start, without any that lies inside another (it adds nothing)."""
+    out: list[Counted] = []
+    for span in sorted(spans, key=lambda s: (s[0], -s[1])):
+        if not out or span[1] > out[-1][1]:
+            out.append(span)
+    return out
+
+
+def _markdown_sections(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, header path) for each section of a markdown text.
+
+    A section runs from an ATX header line (``#`` to ``######``, not inside a fenced code block
+    or front matter) to the next one; a header with nothing under it but a sub-header stays with
+    that sub-header, so a chunk is never just a title.
+    """
+    sections: list[tuple[int, int, str]] = []
+    path: list[tuple[int, str]] = []
+    front = _FRONT_MATTER.match(text)
+    offset = front.end() if front else 0
+    section_start, section_body, headers = 0, 0, ""
+    fence = ""
+    for line in text[offset:].split("\n"):
+        line_start, offset = offset, offset + len(line) + 1
+        stripped = line.rstrip()
+        if fence:  # only a run of the same fence character, at least as long, closes it
+            closer = stripped.lstrip(" ")
+            if closer.startswith(fence) and not closer.strip(fence[0]):
+                fence = ""
+            continue
+        opener = _FENCE.match(stripped)
+        if opener:
+            fence = opener.group(1)
+            continue
+        header = _ATX_HEADER.match(stripped)
+        if not header or not header.group(2).strip():
+            continue
+        if text[section_body:line_start].strip():
+            sections.append((section_start, line_start, headers))
+            section_start = line_start
+        level = len(header.group(1))
+        while path and path[-1][0] >= level:
+            path.pop()
+        path.append((level, header.group(2).strip()))
+        headers = HEADER_JOIN.join(title for _, title in path)
+        section_body = min(offset, len(text))
+    sections.append((section_start, len(text), headers))
+    return sections
+
+
+def _scalar_metadata(metadata: dict[str, Any]) -> dict[str, str | int | float | bool]:
+    """Document metadata a vector store accepts: scalars kept, None dropped, the rest as text."""
+    return {
+        key: value if isinstance(value, (str, int, float, bool)) else str(value)
+        for key, value in metadata.items()
+        if value is not None
+    }

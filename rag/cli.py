@@ -1,0 +1,237 @@
+"""The `rag` command: a thin layer over Pipeline.
+
+Results go to stdout (one JSON document with --json); progress, logs and errors go to stderr. An error
+the user can fix prints one line and exits 2; a run where some files failed exits 1 unless
+``--allow-failures`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from rag.errors import RagError
+
+
+def _common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML config (see configs/default.yaml)")
+    parser.add_argument("--store", metavar="DIR", help="store folder (default ./.rag, or store.path in the config)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set generation.max_new_tokens=64 (repeatable)")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rag", description="Answers from your own documents with local models.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ingest = commands.add_parser("ingest", help="load, chunk, embed and store files")
+    ingest.add_argument("paths", nargs="+", metavar="PATH")
+    ingest.add_argument("--sync", action="store_true", help="also remove what was ingested from under PATH and is gone now")
+    ingest.add_argument("--allow-failures", action="store_true", help="exit 0 even when some files failed")
+    ingest.add_argument("--no-wait", action="store_true", help="fail at once if another ingest holds the store")
+    _common(ingest)
+
+    search = commands.add_parser("search", help="print the chunks that best match a query")
+    search.add_argument("query")
+    search.add_argument("-k", type=int, help="how many chunks (default retrieval.k)")
+    search.add_argument("--mode", choices=["dense", "lexical", "hybrid"], help="retrieval mode")
+    _common(search)
+
+    info = commands.add_parser("info", help="what the store holds")
+    _common(info)
+
+    ask = commands.add_parser("ask", help="answer a question from the store, streamed, with sources")
+    ask.add_argument("question")
+    ask.add_argument("-k", type=int, help="how many chunks to retrieve (default retrieval.k)")
+    ask.add_argument("--mode", choices=["dense", "lexical", "hybrid"], help="retrieval mode")
+    _common(ask)
+
+    run = commands.add_parser("run", help="run a configured job: ingest run.inputs, answer run.questions")
+    run.add_argument("config_file", metavar="CONFIG.yaml")
+    run.add_argument("--store", metavar="DIR")
+    run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--json", action="store_true")
+
+    evaluate = commands.add_parser("eval", help="measure retrieval (BEIR) or question answering (SQuAD)")
+    kinds = evaluate.add_subparsers(dest="kind", required=True, metavar="KIND")
+    retrieval = kinds.add_parser("retrieval", help="nDCG, recall, MRR, MAP on a BEIR-format dataset")
+    retrieval.add_argument("--corpus", required=True, metavar="corpus.jsonl")
+    retrieval.add_argument("--queries", required=True, metavar="queries.jsonl")
+    retrieval.add_argument("--qrels", required=True, metavar="qrels.tsv")
+    retrieval.add_argument("--mode", choices=["dense", "lexical", "hybrid"])
+    retrieval.add_argument("--out", metavar="DIR", help="also write per-query results and a Markdown report")
+    _common(retrieval)
+    qa = kinds.add_parser("qa", help="answer recall (and EM/F1 with --generate) on a SQuAD-format file")
+    qa.add_argument("--squad", required=True, metavar="FILE")
+    qa.add_argument("-k", type=int, default=10, help="deepest k measured (default 10)")
+    qa.add_argument("--mode", choices=["dense", "lexical", "hybrid"])
+    qa.add_argument("--generate", action="store_true", help="also generate answers: exact match and F1")
+    qa.add_argument("--limit", type=int, help="only the first N questions")
+    qa.add_argument("--out", metavar="DIR")
+    _common(qa)
+    return parser
+
+
+def _pipeline(args: argparse.Namespace, config: str | None = None):
+    from rag.pipeline import Pipeline
+
+    overrides = {"store": {"path": str(Path(args.store).resolve())}} if getattr(args, "store", None) else {}
+    return Pipeline.from_yaml(config or getattr(args, "config", None), sets=args.sets, **overrides)
+
+
+def _emit_json(data: Any) -> None:
+    json.dump(data, sys.stdout, ensure_ascii=False, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _where(metadata: dict[str, Any]) -> str:
+    source = str(metadata.get("source", "?"))
+    try:
+        source = os.path.relpath(source)
+    except ValueError:
+        pass
+    return f"{source} (p. {metadata['page']})" if metadata.get("page") else source
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    pipeline = _pipeline(args)
+    report = pipeline.ingest(args.paths, sync=args.sync, wait=not args.no_wait)
+    if args.json:
+        _emit_json(report.as_dict())
+    else:
+        print(report.summary())
+    return 1 if report.failed and not args.allow_failures else 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from rag.pipeline import hit_dict
+
+    pipeline = _pipeline(args)
+    hits = pipeline.search(args.query, args.k, mode=args.mode)
+    if args.json:
+        _emit_json({"query": args.query, "mode": args.mode or pipeline.settings.retrieval.mode,
+                    "hits": [hit_dict(h) for h in hits]})
+        return 0
+    width = shutil.get_terminal_size((100, 20)).columns
+    for hit in hits:
+        print(f"{hit.rank:>2}. {hit.score:.4f}  {_where(hit.chunk.metadata)}")
+        text = " ".join(hit.chunk.text.split())
+        print(textwrap.indent(textwrap.shorten(text, width=max(40, 3 * width - 20), placeholder=" ..."), "    "))
+    if not hits:
+        print("no matching chunks", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = _pipeline(args).info()
+    if args.json:
+        _emit_json(info)
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _answer_dict(answer) -> dict[str, Any]:
+    from rag.pipeline import hit_dict
+
+    return {
+        "answer": answer.text,
+        "citations": [
+            {"number": n, "id": answer.hits[n - 1].chunk.id, "source": answer.hits[n - 1].chunk.metadata.get("source"),
+             "page": answer.hits[n - 1].chunk.metadata.get("page")}
+            for n in answer.citations
+        ],
+        "unknown_citations": answer.unknown_citations,
+        "hits": [hit_dict(h) for h in answer.hits],
+        "dropped_hits": answer.dropped_hits,
+        "timings": answer.timings,
+        "usage": answer.usage,
+    }
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from rag.types import Answer
+
+    pipeline = _pipeline(args)
+    if args.json:
+        _emit_json(_answer_dict(pipeline.ask(args.question, args.k, mode=args.mode)))
+        return 0
+    answer = None
+    for piece in pipeline.stream(args.question, args.k, mode=args.mode):
+        if isinstance(piece, Answer):
+            answer = piece
+        else:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    print()
+    if answer.dropped_hits:
+        print(f"({answer.dropped_hits} retrieved chunks did not fit the context window)", file=sys.stderr)
+    if answer.citations:
+        print("\nSources:")
+        for n in answer.citations:
+            print(f"  [{n}] {_where(answer.hits[n - 1].chunk.metadata)}")
+    if answer.unknown_citations:
+        print(f"(cited sources that do not exist: {answer.unknown_citations})", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rag.harness import run_job
+
+    result = run_job(_pipeline(args, args.config_file))
+    if args.json:
+        _emit_json(result)
+    else:
+        print(f"answered {result['questions']} questions -> {result['answers']} (config copy: {result['config']})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rag import harness
+
+    pipeline = _pipeline(args)
+    if args.kind == "retrieval":
+        result = harness.evaluate_retrieval(pipeline, args.corpus, args.queries, args.qrels, mode=args.mode,
+                                            out=args.out)
+    else:
+        result = harness.evaluate_qa(pipeline, args.squad, k=args.k, mode=args.mode, generate=args.generate,
+                                     limit=args.limit, out=args.out)
+    if args.json:
+        _emit_json(result)
+    else:
+        print(harness.format_result(result))
+    return 0
+
+
+COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "info": cmd_info, "ask": cmd_ask, "run": cmd_run,
+            "eval": cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        return COMMANDS[args.command](args)
+    except RagError as exc:
+        print(f"rag: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rag: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""YAML <-> typed settings, one section per stage. Unknown keys and wrong types are errors that name
+the key and the file; YAML is read with ``safe_load`` only; relative paths written in a config file
+are resolved against that file's folder, so a config means the same thing from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rag.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StoreSettings(Section):
+    path: str = ".rag"
+    url: str | None = None
+    collection: str = "rag"
+    # Bearer token for a Chroma server; RAG_CHROMA_TOKEN in the environment is used when unset.
+    token: str | None = Field(default=None, repr=False)
+    lock_timeout: float = 600.0
+
+
+class LoadingSettings(Section):
+    include: list[str] = []
+    exclude: list[str] = []
+    json_text_field: str = "text"
+    max_file_bytes: int = 50_000_000
+
+
+class ChunkingSettings(Section):
+    strategy: Literal["recursive", "markdown", "token"] = "recursive"
+    chunk_size: int = Field(default=256, ge=1)
+    chunk_overlap: int = Field(default=32, ge=0)
+
+
+class EmbeddingSettings(Section):
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    batch_size: int = Field(default=32, ge=1)
+    pooling: Literal["mean", "cls", "last", "max"] | None = None
+    normalize: bool = True
+    max_length: int | None = None
+    query_prefix: str | None = None
+    document_prefix: str | None = None
+    quantize: Literal["none", "int8"] = "none"
+    trust_remote_code: bool = False
+
+
+class LexicalSettings(Section):
+    stemmer: str | None = "english"
+    stopwords: str | None = "en"
+    k1: float = 1.5
+    b: float = 0.75
+
+
+class RetrievalSettings(Section):
+    mode: Literal["dense", "lexical", "hybrid"] = "dense"
+    k: int = Field(default=5, ge=1)
+    score_threshold: float | None = None
+    where: dict[str, Any] | None = None
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    rrf_k: int = Field(default=60, ge=1)
+    dense_weight: float = Field(default=0.5, ge=0, le=1)
+    fetch_k: int = Field(default=100, ge=1)
+    mmr: bool = False
+    mmr_lambda: float = Field(default=0.5, ge=0, le=1)
+
+
+class RerankSettings(Section):
+    model: str | None = None
+    top_n: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
+class PromptSettings(Section):
+    template: str = "qa_cited"
+    variables: dict[str, Any] = {}
+
+
+class GenerationSettings(Section):
+    model: str = "Qwen/Qwen2.5-0.5B-Instruct"
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_new_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    repetition_penalty: float = Field(default=1.0, gt=0)
+    stop: list[str] = []
+    seed: int | None = 0
+    context_window: int | None = None
+    system_prompt: str | None = None
+    trust_remote_code: bool = False
+
+
+class RunSettings(Section):
+    inputs: list[str] = []
+    questions: str | None = None
+    output: str = "runs/latest"
+
+
+class Settings(Section):
+    store: StoreSettings = StoreSettings()
+    loading: LoadingSettings = LoadingSettings()
+    chunking: ChunkingSettings = ChunkingSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    lexical: LexicalSettings = LexicalSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    rerank: RerankSettings = RerankSettings()
+    prompt: PromptSettings = PromptSettings()
+    generation: GenerationSettings = GenerationSettings()
+    run: RunSettings = RunSettings()
+
+
+# Keys whose relative values are file-system paths, resolved against the config file's folder.
+PATH_KEYS = ("store.path", "run.questions", "run.output")
+# Keys that may be a path or a name (a model id, a built-in template): resolved only where it exists.
+MAYBE_PATH_KEYS = ("embedding.model", "generation.model", "rerank.model", "prompt.template")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``generation.max_new_tokens=64`` -> ("generation.max_new_tokens", 64); values are YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. generation.max_new_tokens=64")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any, origin: str) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{origin}: {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _get_dotted(data: dict[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    for key in PATH_KEYS + MAYBE_PATH_KEYS + ("run.inputs",):
+        value = _get_dotted(data, key)
+        if key == "run.inputs" and isinstance(value, list):
+            _set_dotted(data, key, [_resolve_one(v, base, True) for v in value], "")
+        elif isinstance(value, str):
+            _set_dotted(data, key, _resolve_one(value, base, key in PATH_KEYS), "")
+
+
+def _resolve_one(value: Any, base: Path, always: bool) -> Any:
+    if not isinstance(value, str) or not value:
+        return value
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    candidate = base / path
+    return str(candidate) if always or candidate.exists() else value
+
+
+def _validation_message(exc: ValidationError, origin: str) -> str:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"])
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown key")
+        else:
+            problems.append(f"{key}: {error['msg']} (got {error.get('input')!r})")
+    return f"{origin}: " + "; ".join(problems)
+
+
+def load_settings(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> Settings:
+    """Defaults, then the YAML file, then ``overrides`` (dotted keys), then ``--set`` items."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        origin = str(path)
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (store:, embedding:, ...) at the top")
+        data = loaded
+        _resolve_paths(data, file.resolve().parent)
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value, "override")
+    for item in sets or []:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value, "--set")
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_validation_message(exc, origin)) from None
+    if settings.chunking.chunk_overlap >= settings.chunking.chunk_size:
+        raise ConfigError(
+            f"{origin}: chunking.chunk_overlap ({settings.chunking.chunk_overlap}) must be smaller than "
+            f"chunking.chunk_size ({settings.chunking.chunk_size})"
+        )
+    if settings.store.token is None and os.environ.get("RAG_CHROMA_TOKEN"):
+        settings.store.token = os.environ["RAG_CHROMA_TOKEN"]
+    return settings
+
+
+def dump_settings(settings: Settings) -> str:
+    """The effective config as YAML, secrets left out, for copies written beside a run's outputs."""
+    data = settings.model_dump(mode="json")
+    if data["store"].get("token"):
+        data["store"]["token"] = "***"
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

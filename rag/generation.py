@@ -1,0 +1,436 @@
+"""Prompt -> text with a local Hugging Face causal LM, streamed or in one piece.
+
+The model is loaded lazily (first use) so that building a pipeline, validating a config or
+ingesting documents never pays for a generator. ``count_tokens`` measures a formatted prompt exactly
+as ``stream``/``generate`` will feed it to the model, which is what lets the prompt builder pack
+retrieved chunks up to the real context window instead of guessing from characters.
+
+Prompt format: when the tokenizer has a chat template, the user message (and the system prompt,
+if any) go through it with the generation prompt appended, and the result is encoded *without*
+adding special tokens again (the template already has them). Without a chat template the plain
+format is ``"{system}\\n\\n{user}\\n\\nAnswer:"`` (the system part and its blank line left out when
+there is no system prompt), encoded with the tokenizer's usual special tokens.
+
+Stop strings: generation halts once the decoded completion contains any stop string, and the text
+returned (or yielded) ends just before the earliest stop string.
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+from collections.abc import Generator as PyGenerator
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rag.errors import ConfigError, GenerationError, ModelError
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+# Some configs advertise windows of 128k+ tokens; a default that large would let packing build
+# prompts that are slow and memory-hungry on small machines. Set context_window to go beyond it.
+MAX_DEFAULT_CONTEXT = 32768
+# Used only when neither the model config nor the tokenizer says anything sensible.
+FALLBACK_CONTEXT = 2048
+PLAIN_ANSWER_CUE = "Answer:"
+
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "max_seq_len")
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` prefers CUDA, then Apple's MPS, then the CPU; anything else is used as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    """``auto``: bfloat16 on CUDA when supported, else float16 on a GPU, float32 on the CPU."""
+    import torch
+
+    if dtype != "auto":
+        return getattr(torch, _DTYPES[dtype])
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.startswith("mps"):
+        return torch.float16
+    return torch.float32
+
+
+class _StopCriteria:
+    """Stops generation when the completion contains a stop string, or when the consumer has gone.
+
+    The whole completion is decoded at every step: a stop string may span several tokens and a token
+    may decode differently once its neighbours are known, so looking only at the newest token is not
+    exact. Completions are short (max_new_tokens), so the cost is small.
+    """
+
+    def __init__(self, decode, prompt_len: int, stops: Sequence[str], cancel: threading.Event | None = None):
+        self.decode = decode
+        self.prompt_len = prompt_len
+        self.stops = tuple(stops)
+        self.cancel = cancel
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        done = self.cancel is not None and self.cancel.is_set()
+        if not done and self.stops:
+            text = self.decode(input_ids[0, self.prompt_len :])
+            done = any(stop in text for stop in self.stops)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the earliest stop string, and whether one was found."""
+    cuts = [i for i in (text.find(stop) for stop in stops) if i >= 0]
+    if not cuts:
+        return text, False
+    return text[: min(cuts)], True
+
+
+class Generator:
+    """A local causal LM behind ``format_prompt`` / ``count_tokens`` / ``stream`` / ``generate``.
+
+    ``temperature == 0`` means greedy decoding; otherwise sampling with ``temperature`` and
+    ``top_p``, the torch RNG re-seeded with ``seed`` before every call (``seed=None``: not seeded),
+    so a given prompt gives the same answer each time.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = 0,
+        context_window: int | None = None,
+        system_prompt: str | None = None,
+    ):
+        if dtype != "auto" and dtype not in _DTYPES:
+            raise ConfigError(f"generation.dtype {dtype!r} is not one of: auto, float32, float16, bfloat16")
+        if max_new_tokens < 1:
+            raise ConfigError(f"generation.max_new_tokens must be at least 1, not {max_new_tokens}")
+        if temperature < 0:
+            raise ConfigError(f"generation.temperature must be >= 0, not {temperature}")
+        if context_window is not None and context_window < 1:
+            raise ConfigError(f"generation.context_window must be positive, not {context_window}")
+        if isinstance(stop, str):
+            stop = (stop,)
+        self.model_name = str(model)
+        self.device = device
+        self.dtype = dtype
+        self.trust_remote_code = trust_remote_code
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.repetition_penalty = repetition_penalty
+        self.stop = tuple(s for s in stop if s)
+        self.seed = seed
+        self.system_prompt = system_prompt
+        self._context_window = context_window
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- loading
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model and tokenizer are in memory yet."""
+        return self._model is not None
+
+    def load(self) -> Generator:
+        """Load the tokenizer and model now (otherwise done on first use); returns ``self``."""
+        with self._lock:
+            if self._model is None:
+                self._tokenizer, self._model = self._load()
+        return self
+
+    def _load(self) -> tuple[Any, Any]:
+        import torch  # noqa: F401  (imported here so constructing a Generator stays cheap)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        name = self.model_name
+        local = Path(name).expanduser()
+        looks_local = local.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+        if looks_local and not local.is_dir():
+            raise ModelError(
+                f"generator model folder {name} does not exist; point generation.model at a folder "
+                "holding a saved model, or at a Hugging Face model id"
+            )
+        source = str(local) if looks_local else name
+        device = pick_device(self.device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=pick_dtype(self.dtype, device), trust_remote_code=self.trust_remote_code
+            )
+        except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for the same causes
+            reason = " ".join(str(exc).split())[:300]
+            if looks_local:
+                hint = "point generation.model at a folder saved with save_pretrained (config, weights, tokenizer)"
+            else:
+                hint = (
+                    "point generation.model at a local model folder, or go online once so it can be "
+                    "downloaded into the Hugging Face cache"
+                )
+            raise ModelError(f"cannot load generator model {name!r}: {hint} ({reason})") from exc
+        model.to(device)
+        model.eval()
+        # Lengths come from max_new_tokens alone; a max_length saved with the model would only make
+        # transformers warn on every call that the two were both set.
+        model.generation_config.max_length = None
+        return tokenizer, model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (loads the model on first access)."""
+        self.load()
+        return self._tokenizer
+
+    @property
+    def model(self) -> Any:
+        """The transformers model (loaded on first access)."""
+        self.load()
+        return self._model
+
+    @property
+    def context_window(self) -> int:
+        """Tokens the model can attend to: prompt plus answer must fit in it.
+
+        The configured value when given, else the smallest sensible limit the model config and the
+        tokenizer state, capped at MAX_DEFAULT_CONTEXT.
+        """
+        if self._context_window is not None:
+            return self._context_window
+        config = self.model.config
+        configs = [config, getattr(config, "text_config", None)]
+        limits = [
+            getattr(c, key)
+            for c in configs
+            if c is not None
+            for key in _CONTEXT_KEYS
+            if isinstance(getattr(c, key, None), int) and getattr(c, key) > 0
+        ]
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+            limits.append(tok_max)
+        window = min(limits) if limits else FALLBACK_CONTEXT
+        self._context_window = min(window, MAX_DEFAULT_CONTEXT)
+        return self._context_window
+
+    # ----------------------------------------------------------------- prompts and tokens
+
+    @property
+    def uses_chat_template(self) -> bool:
+        """Whether prompts go through the tokenizer's chat template (else the plain format)."""
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def format_prompt(self, user_message: str) -> str:
+        """The full text the model sees for ``user_message``: chat-templated, or the plain format."""
+        if not self.uses_chat_template:
+            parts = [self.system_prompt] if self.system_prompt else []
+            return "\n\n".join([*parts, user_message, PLAIN_ANSWER_CUE])
+        messages = [{"role": "user", "content": user_message}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        try:
+            return self._apply_chat_template(messages)
+        except Exception:
+            if not self.system_prompt:
+                raise
+        # Some chat templates (e.g. Gemma's) refuse a system turn: fold it into the user turn.
+        return self._apply_chat_template([{"role": "user", "content": f"{self.system_prompt}\n\n{user_message}"}])
+
+    def _apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:
+            raise GenerationError(f"the chat template of {self.model_name!r} failed: {exc}") from exc
+        return str(text)
+
+    def _encode(self, text: str) -> list[int]:
+        # A chat-templated prompt carries its own special tokens; adding them again would double BOS.
+        ids = self.tokenizer(text, add_special_tokens=not self.uses_chat_template)["input_ids"]
+        return list(ids)
+
+    def count_tokens(self, text: str) -> int:
+        """Exactly how many tokens ``stream``/``generate`` will feed the model for this formatted text."""
+        return len(self._encode(text))
+
+    def _decode(self, ids: Any) -> str:
+        # No clean-up of tokenization spaces: it can rewrite text already streamed and it alters
+        # genuine text for byte-level tokenizers.
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    # ----------------------------------------------------------------- generation
+
+    def _prepare(self, prompt: str) -> tuple[Any, Any, Any]:
+        """Input ids and attention mask on the model's device, and the generation config."""
+        import torch
+
+        ids = self._encode(prompt)
+        if len(ids) + self.max_new_tokens > self.context_window:
+            raise GenerationError(
+                f"the prompt is {len(ids)} tokens and generation.max_new_tokens is {self.max_new_tokens}: "
+                f"together more than the context window of {self.context_window} tokens; shorten the prompt "
+                "(fewer or smaller chunks), lower generation.max_new_tokens, or raise "
+                "generation.context_window if the model supports it"
+            )
+        device = self.model.device
+        input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+        attention_mask = torch.ones_like(input_ids)
+
+        config = copy.deepcopy(self.model.generation_config)
+        sample = self.temperature > 0
+        # Set every sampling knob explicitly: generate() fills unset (None) ones from the model's own
+        # generation_config (e.g. Qwen's temperature=0.7, top_k=20, repetition_penalty=1.05), which
+        # would silently change what was asked for. Greedy gets the neutral values; sampling uses
+        # temperature and top_p only (top_k=0 turns top-k off).
+        config.update(
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=None,
+            min_length=0,
+            do_sample=sample,
+            num_beams=1,
+            temperature=self.temperature if sample else 1.0,
+            top_p=self.top_p if sample else 1.0,
+            top_k=0 if sample else 50,
+            typical_p=1.0,
+            repetition_penalty=self.repetition_penalty,
+        )
+        if config.pad_token_id is None:
+            pad = self.tokenizer.pad_token_id
+            if pad is None:
+                eos = config.eos_token_id
+                pad = eos[0] if isinstance(eos, (list, tuple)) else eos
+            config.pad_token_id = pad
+        if sample and self.seed is not None:
+            torch.manual_seed(self.seed)
+        return input_ids, attention_mask, config
+
+    def _stopping(self, prompt_len: int, cancel: threading.Event | None = None) -> Any:
+        from transformers import StoppingCriteriaList
+
+        return StoppingCriteriaList([_StopCriteria(self._decode, prompt_len, self.stop, cancel)])
+
+    def generate(self, prompt: str) -> tuple[str, dict[str, int]]:
+        """The whole completion for a formatted prompt, and ``{"prompt_tokens", "completion_tokens"}``."""
+        import torch
+
+        input_ids, attention_mask, config = self._prepare(prompt)
+        prompt_len = input_ids.shape[1]
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=config,
+                stopping_criteria=self._stopping(prompt_len),
+            )
+        new_tokens = output[0, prompt_len:]
+        text, _ = _cut_at_stop(self._decode(new_tokens), self.stop)
+        return text, {"prompt_tokens": prompt_len, "completion_tokens": int(new_tokens.shape[0])}
+
+    def stream(self, prompt: str) -> PyGenerator[str, None, dict[str, int]]:
+        """Yield the completion in pieces as it is generated; return the usage dict at the end.
+
+        ``model.generate`` runs in a worker thread feeding a ``TextIteratorStreamer``. A tail as long
+        as the longest stop string (minus one) is held back, so a stop string split across pieces is
+        never partly yielded. Closing the generator early cancels the worker; an exception in the
+        worker is re-raised here.
+        """
+        from transformers import TextIteratorStreamer
+
+        input_ids, attention_mask, config = self._prepare(prompt)
+        prompt_len = input_ids.shape[1]
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        cancel = threading.Event()
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            import torch
+
+            try:
+                with torch.inference_mode():
+                    result["output"] = self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        generation_config=config,
+                        stopping_criteria=self._stopping(prompt_len, cancel),
+                        streamer=streamer,
+                    )
+            except BaseException as exc:  # handed to the consumer thread, which re-raises it
+                result["error"] = exc
+                streamer.end()  # unblock the consumer
+
+        worker = threading.Thread(target=work, name="rag-generate", daemon=True)
+        hold = max((len(s) for s in self.stop), default=1) - 1
+        buffer = ""
+        emitted = 0
+        stopped = False
+        worker.start()
+        try:
+            for piece in _pieces(streamer, worker):
+                buffer += piece
+                if stopped:
+                    continue  # drain: the worker halts on its own at the same stop string
+                stopped = _cut_at_stop(buffer, self.stop)[1]
+                if stopped:
+                    cancel.set()
+                    continue
+                safe = len(buffer) - hold
+                if safe > emitted:
+                    yield buffer[emitted:safe]
+                    emitted = safe
+            # The earliest stop string in the complete text decides the cut, exactly as in generate().
+            text, _ = _cut_at_stop(buffer, self.stop)
+            if len(text) > emitted:
+                yield text[emitted:]
+        finally:
+            cancel.set()
+            worker.join()
+        if "error" in result:
+            raise result["error"]
+        output = result["output"]
+        return {"prompt_tokens": prompt_len, "completion_tokens": int(output.shape[1] - prompt_len)}
+
+
+def _pieces(streamer: Any, worker: threading.Thread) -> PyGenerator[str, None, None]:
+    """Text pieces from the streamer until it ends, never blocking forever on a dead worker."""
+    streamer.timeout = 0.5
+    while True:
+        try:
+            piece = next(streamer)
+        except StopIteration:
+            return
+        except queue.Empty:
+            if not worker.is_alive() and streamer.text_queue.empty():
+                return
+            continue
+        yield piece

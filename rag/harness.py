@@ -1,0 +1,274 @@
+"""Whole jobs over a Pipeline: `rag run` (ingest, then answer a questions file) and `rag eval`
+(retrieval on BEIR-format data, question answering on SQuAD-format data).
+
+Evaluation goes through the same ingest and search path users run, so what it measures is what they
+get. Each evaluation corpus lives in a collection of its own (``eval-`` + a hash of the corpus path)
+inside the configured store, so it never mixes with the user's documents and a second run over the
+same corpus embeds nothing. Metric definitions are in ``rag.evaluation``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rag import evaluation
+from rag.config import dump_settings
+from rag.errors import ConfigError
+from rag.pipeline import Pipeline, hit_dict, log
+from rag.types import Document
+
+
+def _eval_collection(pipeline: Pipeline, dataset: str | Path) -> None:
+    digest = hashlib.sha256(str(Path(dataset).resolve()).encode()).hexdigest()[:12]
+    pipeline.settings.store.collection = f"eval-{digest}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Readers never see a half-written file: write beside it, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _timed_search(pipeline: Pipeline, query: str, k: int, mode: str | None) -> tuple[list, float]:
+    started = time.perf_counter()
+    hits = pipeline.search(query, k, mode=mode)
+    return hits, time.perf_counter() - started
+
+
+def _latency(seconds: list[float]) -> dict[str, float]:
+    if not seconds:
+        return {"p50": 0.0, "p95": 0.0}
+    return {"p50": 1000 * evaluation.percentile(seconds, 50), "p95": 1000 * evaluation.percentile(seconds, 95)}
+
+
+# -- rag eval retrieval -----------------------------------------------------------------------------
+
+def evaluate_retrieval(pipeline: Pipeline, corpus: str | Path, queries: str | Path, qrels: str | Path, *,
+                       mode: str | None = None, out: str | Path | None = None, depth: int = 100) -> dict[str, Any]:
+    """Ingest a BEIR corpus (document text = title + text), rank documents by their best chunk."""
+    started = time.perf_counter()
+    query_texts = evaluation.read_beir_queries(queries)
+    judgements = evaluation.read_qrels(qrels)
+    _eval_collection(pipeline, corpus)
+    corpus_path = str(Path(corpus).resolve())
+
+    def documents() -> Iterator[Document]:
+        for doc_id, title, text in evaluation.read_beir_corpus(corpus):
+            body = f"{title} {text}".strip() if title else text
+            if body.strip():
+                yield Document(id=f"{corpus_path}#{doc_id}", text=body, metadata={
+                    "source": f"{corpus_path}#{doc_id}", "corpus_id": doc_id, "title": title, "format": "beir",
+                    "content_hash": hashlib.sha256(body.encode()).hexdigest(),
+                })
+
+    ingest = pipeline.ingest_documents(documents())
+    log(f"corpus: {ingest.summary()}")
+    judged = [q for q in query_texts if q in judgements]
+    if not judged:
+        raise ConfigError(f"{qrels}: no query id in it matches one in {queries}")
+    mode = mode or pipeline.settings.retrieval.mode
+    run: dict[str, dict[str, float]] = {}
+    latencies: list[float] = []
+    chunk_depth = 2 * depth  # a document may have several chunks among the top ones
+    for query_id in judged:
+        hits, seconds = _timed_search(pipeline, query_texts[query_id], chunk_depth, mode)
+        latencies.append(seconds)
+        scores: dict[str, float] = {}
+        for hit in hits:
+            doc_id = str(hit.chunk.metadata.get("corpus_id"))
+            scores[doc_id] = max(scores.get(doc_id, float("-inf")), hit.score)
+        run[query_id] = dict(sorted(scores.items(), key=lambda item: -item[1])[:depth])
+    means, per_query = evaluation.retrieval_metrics(run, judgements)
+    result = {
+        "task": "retrieval",
+        "corpus": str(corpus),
+        "mode": mode,
+        "queries": len(judged),
+        "metrics": means,
+        "latency_ms": _latency(latencies),
+        "ingest": ingest.as_dict(),
+        "seconds": time.perf_counter() - started,
+        "config": pipeline.settings.model_dump(mode="json", exclude={"store": {"token"}}),
+    }
+    if out:
+        rows = [{"query_id": q, **per_query.get(q, {}), "top": list(run[q])[:10]} for q in judged]
+        _write_outputs(Path(out), pipeline, result, rows)
+    return result
+
+
+# -- rag eval qa -------------------------------------------------------------------------------------
+
+def _coverage(paragraph: tuple[int, int], spans: list[tuple[int, int]]) -> float:
+    """Share of the paragraph's characters that lie inside some retrieved chunk."""
+    start, end = paragraph
+    covered = 0
+    cursor = start
+    for span_start, span_end in sorted(spans):
+        span_start, span_end = max(span_start, cursor), min(span_end, end)
+        if span_end > span_start:
+            covered += span_end - span_start
+            cursor = span_end
+    return covered / max(1, end - start)
+
+
+def evaluate_qa(pipeline: Pipeline, squad: str | Path, *, k: int = 10, mode: str | None = None,
+                generate: bool = False, limit: int | None = None, out: str | Path | None = None) -> dict[str, Any]:
+    """Answer recall@1/5/10 and gold-paragraph coverage; with ``generate``, EM and F1 as well."""
+    started = time.perf_counter()
+    articles, questions = evaluation.read_squad(squad)
+    if limit:
+        questions = questions[:limit]
+    _eval_collection(pipeline, squad)
+    squad_path = str(Path(squad).resolve())
+    article_text = {title: text for title, text in articles}
+    documents = [
+        Document(id=f"{squad_path}#{title}", text=text, metadata={
+            "source": f"{squad_path}#{title}", "title": title, "format": "squad",
+            "content_hash": hashlib.sha256(text.encode()).hexdigest(),
+        })
+        for title, text in articles
+    ]
+    ingest = pipeline.ingest_documents(documents)
+    log(f"corpus: {ingest.summary()}")
+    mode = mode or pipeline.settings.retrieval.mode
+    ks = sorted({x for x in (1, 5, 10, k) if x <= k})
+    found = {x: 0 for x in ks}
+    coverage = {x: 0.0 for x in ks}
+    latencies: list[float] = []
+    em = f1 = 0.0
+    answer_seconds: list[float] = []
+    rows = []
+    for question in questions:
+        hits, seconds = _timed_search(pipeline, question.question, k, mode)
+        latencies.append(seconds)
+        first = next((h.rank for h in hits if evaluation.answer_in_text(question.answers, h.chunk.text)), None)
+        text = article_text.get(question.title, "")
+        offset = text.find(question.context)
+        paragraph = (offset, offset + len(question.context)) if offset >= 0 else (0, 0)
+        row: dict[str, Any] = {"id": question.id, "question": question.question, "answer_rank": first}
+        for x in ks:
+            found[x] += int(first is not None and first <= x)
+            spans = [(h.chunk.start, h.chunk.end) for h in hits[:x]
+                     if h.chunk.metadata.get("title") == question.title]
+            covered = _coverage(paragraph, spans) if offset >= 0 else 0.0
+            coverage[x] += covered
+            row[f"coverage@{x}"] = covered
+        if generate:
+            clock = time.perf_counter()
+            answer = pipeline.ask(question.question, k)
+            answer_seconds.append(time.perf_counter() - clock)
+            row.update(prediction=answer.text, em=evaluation.exact_match(answer.text, question.answers),
+                       f1=evaluation.token_f1(answer.text, question.answers))
+            em += row["em"]
+            f1 += row["f1"]
+        rows.append(row)
+    n = max(1, len(questions))
+    metrics = {f"answer_recall@{x}": found[x] / n for x in ks}
+    metrics.update({f"paragraph_coverage@{x}": coverage[x] / n for x in ks})
+    if generate:
+        metrics.update(exact_match=em / n, f1=f1 / n)
+    result = {
+        "task": "qa",
+        "squad": str(squad),
+        "mode": mode,
+        "questions": len(questions),
+        "metrics": metrics,
+        "latency_ms": _latency(latencies),
+        "answer_latency_ms": _latency(answer_seconds) if generate else None,
+        "ingest": ingest.as_dict(),
+        "seconds": time.perf_counter() - started,
+        "config": pipeline.settings.model_dump(mode="json", exclude={"store": {"token"}}),
+    }
+    if out:
+        _write_outputs(Path(out), pipeline, result, rows)
+    return result
+
+
+def _write_outputs(out: Path, pipeline: Pipeline, result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    _write_atomic(out / "per_query.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    _write_atomic(out / "config.yaml", dump_settings(pipeline.settings))
+    _write_atomic(out / "report.md", format_result(result, markdown=True))
+    _write_atomic(out / "metrics.json", json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
+
+
+def format_result(result: dict[str, Any], *, markdown: bool = False) -> str:
+    """Metrics as an aligned table (plain text for the terminal, Markdown for reports)."""
+    title = f"{result['task']} evaluation, mode {result['mode']}"
+    count = result.get("queries", result.get("questions"))
+    lines = [f"# {title}", "", f"{count} queries; {result['seconds']:.1f} s in all", ""] if markdown else [
+        f"{title}: {count} queries, {result['seconds']:.1f} s"]
+    rows = [(name, f"{value:.4f}") for name, value in result["metrics"].items()]
+    for key in ("latency_ms", "answer_latency_ms"):
+        if result.get(key):
+            rows += [(f"{key.removesuffix('_ms')} {p} (ms)", f"{v:.1f}") for p, v in result[key].items()]
+    if markdown:
+        lines += ["| metric | value |", "| --- | --- |"] + [f"| {n} | {v} |" for n, v in rows]
+    else:
+        width = max(len(n) for n, _ in rows)
+        lines += [f"  {n:<{width}}  {v}" for n, v in rows]
+    return "\n".join(lines) + "\n"
+
+
+# -- rag run -----------------------------------------------------------------------------------------
+
+def read_questions(path: str | Path) -> list[dict[str, str]]:
+    """One question per line, or JSONL objects with ``question`` and an optional ``id``."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"run.questions: cannot read {path} ({exc.strerror or exc})") from None
+    questions = []
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict) or not str(record.get("question", "")).strip():
+                raise ConfigError(f"{path}:{number}: a JSON line needs a non-empty \"question\"")
+            questions.append({"id": str(record.get("id", len(questions) + 1)), "question": str(record["question"])})
+        else:
+            questions.append({"id": str(len(questions) + 1), "question": line})
+    if not questions:
+        raise ConfigError(f"run.questions: {path} holds no questions")
+    return questions
+
+
+def run_job(pipeline: Pipeline) -> dict[str, Any]:
+    """Ingest ``run.inputs``, answer every question in ``run.questions``, write the answers as JSONL
+    next to a copy of the effective config. Files appear only once complete."""
+    settings = pipeline.settings.run
+    if not settings.questions:
+        raise ConfigError("run.questions: not set; name a questions file (one per line, or JSONL)")
+    questions = read_questions(settings.questions)
+    report = pipeline.ingest(settings.inputs) if settings.inputs else None
+    if report:
+        log(report.summary())
+    out = Path(settings.output)
+    rows = []
+    for item in questions:
+        answer = pipeline.ask(item["question"])
+        rows.append({
+            "id": item["id"], "question": item["question"], "answer": answer.text,
+            "citations": [{"number": n, "source": answer.hits[n - 1].chunk.metadata.get("source"),
+                           "page": answer.hits[n - 1].chunk.metadata.get("page")} for n in answer.citations],
+            "hits": [{k: v for k, v in hit_dict(h).items() if k != "metadata"} for h in answer.hits],
+            "dropped_hits": answer.dropped_hits, "timings": answer.timings, "usage": answer.usage,
+        })
+        log(f"answered {len(rows)}/{len(questions)}")
+    answers_path, config_path = out / "answers.jsonl", out / "config.yaml"
+    _write_atomic(config_path, dump_settings(pipeline.settings))
+    _write_atomic(answers_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return {"questions": len(rows), "answers": str(answers_path), "config": str(config_path),
+            "ingest": report.as_dict() if report else None}

@@ -1,0 +1,377 @@
+"""BM25 index (bm25s) kept beside the Chroma store, under the same chunk ids.
+
+bm25s builds an immutable index, so we also keep the tokenized corpus (token ids per chunk id):
+an update re-tokenizes only the upserted texts and re-indexes the kept token lists.
+
+On disk: the chunk ids (JSON), the token ids (``.npy``), the bm25s index in bm25s's own format
+(its ``vocab.index.json`` doubles as our term -> token id vocabulary), and one small
+``manifest.json`` naming them. Every save writes under fresh names and replaces the manifest
+last, so a crash at any point leaves the previous manifest pointing at the previous, complete
+files. The manifest also records the settings that built the index and an opaque ``state`` token
+the caller compares with its collection to detect a stale index. No pickles anywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import bm25s
+import numpy as np
+import Stemmer
+from bm25s.tokenization import Tokenizer
+
+from rag.errors import ConfigError
+
+__all__ = ["LexicalIndex"]
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+# bm25s's default word pattern (words of two characters or more). It is part of the recorded
+# settings, so changing it invalidates indexes built with the old one.
+TOKEN_PATTERN = r"(?u)\b\w\w+\b"
+METHOD = "lucene"
+_TMP = ".tmp-"
+_OURS = re.compile(r"^(\.tmp-.*|(ids|tokens|offsets|bm25s)\.[0-9a-f]+(\.json|\.npy)?)$")
+
+
+class LexicalIndex:
+    """A persisted BM25 index over (chunk id, text) pairs.
+
+    Not thread-safe (searching fills the tokenizer's word cache); one writer per folder.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        stemmer: str | None = "english",
+        stopwords: str | None = "en",
+        k1: float = 1.5,
+        b: float = 0.75,
+    ):
+        self.folder = Path(folder)
+        self._settings = {
+            "stemmer": stemmer,
+            "stopwords": stopwords,
+            "k1": float(k1),
+            "b": float(b),
+            "method": METHOD,
+            "token_pattern": TOKEN_PATTERN,
+        }
+        self._stemmer = _make_stemmer(stemmer)
+        self._stopwords = stopwords
+        self._tokenizer = self._new_tokenizer()
+        self._bm25: bm25s.BM25 | None = None  # None while no chunk has a single term
+        self._order: list[str] = []  # chunk ids, sorted: bm25s document i is chunk _order[i]
+        self._pos: dict[str, int] = {}
+        # Token ids per chunk id, needed only to re-index after an update. After load() they stay
+        # in the flat arrays read from disk (_flat) until an update asks for them.
+        self._docs: dict[str, list[int]] | None = {}
+        self._flat: tuple[np.ndarray, np.ndarray] | None = None
+        self._state: str | None = None
+        self._files: dict[str, str | None] | None = None  # files on disk matching the corpus
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str | None:
+        """The collection-state token recorded at the last save (None if never built)."""
+        return self._state
+
+    @property
+    def ids(self) -> set[str]:
+        return set(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def load(self) -> bool:
+        """Read the saved index; False (never an exception) if it is missing, unreadable or was
+        built with other settings, so the caller simply rebuilds."""
+        try:
+            manifest = self._read_json(MANIFEST)
+            if manifest.get("format") != FORMAT or manifest.get("settings") != self._settings:
+                return False
+            files, state = manifest["files"], manifest["state"]
+            ids = self._read_json(files["ids"])
+            tokens = np.load(self.folder / files["tokens"], allow_pickle=False)
+            offsets = np.load(self.folder / files["offsets"], allow_pickle=False)
+            bm25 = None
+            if files["bm25s"] is not None:
+                bm25 = bm25s.BM25.load(self.folder / files["bm25s"], show_progress=False)
+            _check(ids, tokens, offsets, bm25, manifest["count"], state)
+        except Exception:  # noqa: BLE001 - whatever the damage, the answer is "rebuild"
+            return False
+        self._tokenizer = self._new_tokenizer(bm25.vocab_dict if bm25 is not None else None)
+        self._bm25 = bm25
+        self._set_order(ids)
+        self._docs, self._flat = None, (tokens, offsets)
+        self._state = state
+        self._files = dict(files)
+        return True
+
+    def rebuild(self, items: Iterable[tuple[str, str]], state: str) -> None:
+        """Replace everything with ``items`` (a repeated id keeps its last text), then save."""
+        texts = dict(items)
+        self._tokenizer = self._new_tokenizer()  # a fresh vocabulary forgets unused terms
+        self._docs = dict(zip(texts, self._tokenize(list(texts.values()))))
+        self._flat = None
+        self._reindex()
+        self._state = state
+        self._save()
+
+    def update(
+        self,
+        upserts: Iterable[tuple[str, str]] = (),
+        deletes: Iterable[str] = (),
+        state: str = "",
+    ) -> None:
+        """Delete ``deletes`` (unknown ids ignored), then upsert ``upserts`` by id, re-index,
+        record ``state`` and save. Deletes go first, so an id in both ends up present."""
+        texts, gone = dict(upserts), set(deletes) & self._pos.keys()
+        if texts or gone:
+            docs = self._corpus()
+            for cid in gone:
+                del docs[cid]
+            docs.update(zip(texts, self._tokenize(list(texts.values()))))
+            self._reindex()
+        self._state = state
+        self._save()
+
+    def search(
+        self, query: str, k: int, allowed_ids: set[str] | None = None
+    ) -> list[tuple[str, float]]:
+        """Top ``k`` (chunk id, BM25 score) pairs, best first, scores > 0 only.
+
+        Equal scores come in id order so results are reproducible. ``allowed_ids`` restricts
+        the candidates before the cut, so up to ``k`` allowed hits come back.
+        """
+        if k <= 0 or self._bm25 is None:
+            return []
+        query_ids = self._tokenizer.tokenize(
+            [query], update_vocab=False, show_progress=False, allow_empty=False
+        )[0]
+        if not query_ids:
+            return []
+        scores = self._bm25.get_scores_from_ids(query_ids)
+        if allowed_ids is None:
+            candidates = np.flatnonzero(scores > 0)
+        else:
+            positions = [self._pos[cid] for cid in allowed_ids if cid in self._pos]
+            candidates = np.asarray(positions, dtype=np.int64)
+            candidates = candidates[scores[candidates] > 0]
+        found = scores[candidates]
+        if len(found) > k:
+            # Keep everything scoring at least the k-th best (ties included), then sort exactly.
+            kth = np.partition(found, len(found) - k)[len(found) - k]
+            keep = found >= kth
+            candidates, found = candidates[keep], found[keep]
+        # Positions follow sorted ids, so the secondary key breaks ties by id ascending.
+        best = np.lexsort((candidates, -found))[:k]
+        return [(self._order[candidates[i]], float(found[i])) for i in best]
+
+    # -- tokenization and indexing --------------------------------------------------------------
+
+    def _new_tokenizer(self, vocab: dict[str, int] | None = None) -> Tokenizer:
+        """A tokenizer, optionally resuming a saved term -> token id vocabulary."""
+        try:
+            tokenizer = Tokenizer(
+                lower=True, splitter=TOKEN_PATTERN, stopwords=self._stopwords, stemmer=self._stemmer
+            )
+        except ValueError as exc:
+            raise ConfigError(
+                f"unknown BM25 stopwords {self._stopwords!r}: use a language bm25s knows "
+                "(e.g. 'en') or null for none"
+            ) from exc
+        if vocab:
+            if self._stemmer is None:
+                tokenizer.word_to_id = dict(vocab)
+            else:
+                tokenizer.stem_to_sid = dict(vocab)  # its word -> stem cache refills as it goes
+        return tokenizer
+
+    def _terms(self) -> dict[str, int]:
+        """Term -> token id: words without a stemmer, stems with one. Ids are dense (0..n-1)."""
+        return self._tokenizer.word_to_id if self._stemmer is None else self._tokenizer.stem_to_sid
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        # allow_empty=False: a text without terms gets no tokens, not bm25s's "" placeholder
+        # (which an empty query would then match).
+        return self._tokenizer.tokenize(
+            texts, update_vocab=True, show_progress=False, allow_empty=False
+        )
+
+    def _corpus(self) -> dict[str, list[int]]:
+        """Token ids per chunk id, unpacked from the loaded arrays on first need."""
+        if self._docs is None:
+            tokens, offsets = self._flat
+            flat, bounds = tokens.tolist(), offsets.tolist()
+            self._docs = {cid: flat[bounds[i] : bounds[i + 1]] for i, cid in enumerate(self._order)}
+            self._flat = None
+        return self._docs
+
+    def _set_order(self, ids: list[str]) -> None:
+        self._order = ids
+        self._pos = {cid: i for i, cid in enumerate(ids)}
+
+    def _reindex(self) -> None:
+        """Build the bm25s index over the kept token lists (bm25s has no incremental update)."""
+        docs = self._corpus()
+        self._set_order(sorted(docs))
+        corpus = [docs[cid] for cid in self._order]
+        self._files = None
+        self._bm25 = None
+        if not any(corpus):
+            # Nothing to match (bm25s cannot average zero lengths); no token refers to the
+            # vocabulary any more, so start it afresh.
+            self._tokenizer = self._new_tokenizer()
+            return
+        k1, b = self._settings["k1"], self._settings["b"]
+        bm25 = bm25s.BM25(k1=k1, b=b, method=METHOD, csc_backend="auto")
+        # A copy: bm25s keeps and saves this dict, while the tokenizer keeps growing its own.
+        bm25.index((corpus, dict(self._terms())), create_empty_token=False, show_progress=False)
+        self._bm25 = bm25
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        """Write the corpus under fresh names (unless unchanged), then the manifest naming it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        files = self._files
+        if files is None:
+            tag = uuid.uuid4().hex[:16]
+            files = {
+                "ids": f"ids.{tag}.json",
+                "tokens": f"tokens.{tag}.npy",
+                "offsets": f"offsets.{tag}.npy",
+                "bm25s": f"bm25s.{tag}" if self._bm25 is not None else None,
+            }
+            lists = [self._docs[cid] for cid in self._order]
+            offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+            np.cumsum([len(t) for t in lists], out=offsets[1:])
+            flat = itertools.chain.from_iterable(lists)
+            tokens = np.fromiter(flat, dtype=np.int32, count=int(offsets[-1]))
+            self._write(files["ids"], _json(self._order))
+            self._write(files["tokens"], lambda f: np.save(f, tokens, allow_pickle=False))
+            self._write(files["offsets"], lambda f: np.save(f, offsets, allow_pickle=False))
+            if files["bm25s"] is not None:
+                self._write_bm25s(files["bm25s"])
+        manifest = {
+            "format": FORMAT,
+            "settings": self._settings,
+            "state": self._state,
+            "count": len(self._order),
+            "files": files,
+        }
+        self._write(MANIFEST, _json(manifest))
+        _fsync(self.folder)
+        self._files = files
+        self._remove_unused({name for name in files.values() if name} | {MANIFEST})
+
+    def _write(self, name: str, write: Callable[[IO[bytes]], Any]) -> None:
+        """Write a temporary file, fsync it, then atomically move it to ``name``."""
+        tmp = self.folder / f"{_TMP}{name}"
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.folder / name)
+
+    def _write_bm25s(self, name: str) -> None:
+        """bm25s's own save into a temporary folder, fsynced, then moved into place."""
+        tmp = self.folder / f"{_TMP}{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self._bm25.save(tmp, show_progress=False)
+        for path in tmp.iterdir():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        _fsync(tmp)
+        os.replace(tmp, self.folder / name)
+
+    def _remove_unused(self, keep: set[str]) -> None:
+        """Delete what earlier saves left behind (old generations, interrupted writes)."""
+        for path in self.folder.iterdir():
+            if path.name not in keep and _OURS.match(path.name):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+    def _read_json(self, name: str) -> Any:
+        return json.loads((self.folder / name).read_text(encoding="utf-8"))
+
+
+def _make_stemmer(name: str | None) -> Any:
+    if name is None:
+        return None
+    try:
+        return Stemmer.Stemmer(name)
+    except KeyError as exc:
+        raise ConfigError(
+            f"unknown stemmer {name!r}: use one of {', '.join(Stemmer.algorithms())}, "
+            "or null for none"
+        ) from exc
+
+
+def _json(value: Any) -> Callable[[IO[bytes]], Any]:
+    return lambda f: f.write(json.dumps(value).encode("ascii"))
+
+
+def _fsync(folder: Path) -> None:
+    """Make renames in ``folder`` durable (not possible on Windows, where it is skipped)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check(
+    ids: Any,
+    tokens: np.ndarray,
+    offsets: np.ndarray,
+    bm25: bm25s.BM25 | None,
+    count: Any,
+    state: Any,
+) -> None:
+    """Raise ValueError unless the loaded pieces form one consistent index."""
+    vocab = bm25.vocab_dict if bm25 is not None else {}
+    ok = (
+        isinstance(ids, list)
+        and isinstance(state, str)
+        and len(ids) == count
+        and all(isinstance(cid, str) for cid in ids)
+        and ids == sorted(set(ids))
+        and tokens.ndim == 1
+        and tokens.dtype.kind == "i"
+        and offsets.ndim == 1
+        and offsets.dtype.kind == "i"
+        and len(offsets) == len(ids) + 1
+        and offsets[0] == 0
+        and offsets[-1] == len(tokens)
+        and bool(np.all(np.diff(offsets) >= 0))
+        and (bm25 is None) == (len(tokens) == 0)
+        and all(isinstance(term, str) for term in vocab)
+        and sorted(vocab.values()) == list(range(len(vocab)))
+        and (len(tokens) == 0 or (tokens.min() >= 0 and tokens.max() < len(vocab)))
+    )
+    if bm25 is not None:
+        scores = bm25.scores
+        ok = ok and scores["num_docs"] == len(ids) and len(scores["indptr"]) == len(vocab) + 1
+    if not ok:
+        raise ValueError("inconsistent lexical index files")

@@ -1,0 +1,107 @@
+"""What every format loader shares: the part record, deterministic ids, Chroma-safe metadata."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rag.errors import LoadError
+
+# Keys that load_file owns; a loader (front matter, a JSON record) that brings one of these keeps it
+# under "meta_<key>" instead of silently overwriting the file's identity.
+RESERVED_KEYS = frozenset({"source", "format", "content_hash"})
+
+_INT64 = 2**63
+
+
+@dataclass
+class Part:
+    """One unit a loader found in a file: the whole file, a page, a slide, a sheet or a record.
+
+    ``part`` is None for single-document formats and the page/slide/line/index number otherwise;
+    it goes into the document id so every part of a file has its own stable id.
+    """
+
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    part: int | None = None
+
+
+def document_id(source: str, part: int | None = None) -> str:
+    """A stable id for a file (or one part of it), so re-ingesting the same file is a no-op."""
+    return hashlib.sha256(f"{source}#{part}".encode()).hexdigest()[:32]
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def metadata_value(value: Any) -> str | int | float | bool | None:
+    """Turn any value into one Chroma accepts (str, int, float, bool), or None to drop it."""
+    if value is None:
+        return None
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        # Chroma stores int64; bigger numbers keep their digits as text.
+        return value if -_INT64 <= value < _INT64 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def clean_metadata(metadata: dict[Any, Any]) -> dict[str, str | int | float | bool]:
+    """Metadata with None dropped and every other value made Chroma-compatible."""
+    cleaned = {}
+    for key, value in metadata.items():
+        value = metadata_value(value)
+        if value is not None:
+            cleaned[str(key)] = value
+    return cleaned
+
+
+def user_metadata(fields: dict[Any, Any]) -> dict[str, Any]:
+    """Fields that come from the file's content (front matter, JSON records), reserved keys moved aside."""
+    return {(f"meta_{key}" if str(key) in RESERVED_KEYS else str(key)): value for key, value in fields.items()}
+
+
+def rows_as_records(rows: list[list[str]]) -> str:
+    """Render a table (first row = header) as ``column: value`` lines, one blank line between rows.
+
+    Missing header names become ``column_N``; cells past the header get ``column_N`` too; empty
+    cells are left out. Shared by CSV and Excel so both read the same to the retriever.
+    """
+    header, *body = rows
+    names = [name.strip() or f"column_{i}" for i, name in enumerate(header, start=1)]
+    records = []
+    for row in body:
+        lines = [
+            f"{names[i] if i < len(names) else f'column_{i + 1}'}: {value.strip()}"
+            for i, value in enumerate(row)
+            if value.strip()
+        ]
+        if lines:
+            records.append("\n".join(lines))
+    if not records:  # a header and nothing else is still the file's text
+        return " | ".join(name for name in header if name.strip())
+    return "\n\n".join(records)
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise LoadError(path, f"cannot read file: {exc.strerror or exc}") from exc
+
+
+def one_line(text: object, limit: int = 200) -> str:
+    """A library's error message squeezed onto one short line for LoadError reasons."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -1,0 +1,197 @@
+"""HTML: the visible text only, with block structure kept as lines (headings as ``#``, list items as
+``-``, table rows as ``a | b``) so the chunker can still see the document's shape.
+
+The tree is walked with an explicit stack, not recursion: pathologically nested pages (thousands
+of levels) must not raise RecursionError.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from bs4 import BeautifulSoup, NavigableString, Tag
+from bs4.element import PreformattedString
+
+from rag.loaders.base import Part, read_bytes
+from rag.loaders.text import decode_with_encoding
+
+# Chrome, scripts and invisible parts of a page: never the content a reader came for.
+_DROP = frozenset("script style noscript nav aside form template svg head iframe object canvas".split())
+# <header>/<footer> are page chrome (banner, contentinfo) only outside these; inside an article they
+# hold its title and byline, which are content.
+_SECTIONING = frozenset("main article section".split())
+_BLOCK = frozenset(
+    """address article blockquote body caption center dd details dialog div dl dt fieldset figcaption
+    figure footer header hr html legend main p section summary tbody tfoot thead""".split()
+)
+_PARAGRAPH = frozenset("p blockquote figure table pre dl".split())
+_HEADINGS = {f"h{level}": level for level in range(1, 7)}
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
+_SPACES = re.compile(r"\s+")
+
+
+class _Writer:
+    """Collects output lines; inline text is whitespace-collapsed, <pre> text kept as is."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.buffer: list[str] = []
+        self.marker = ""  # "# " or "- " waiting for the line's first text: empty items leave no line
+
+    def start(self, marker: str) -> None:
+        self.end_line()
+        self.marker = marker
+
+    def _open(self) -> None:
+        if self.marker:
+            self.buffer.append(self.marker)
+            self.marker = ""
+
+    def inline(self, text: str) -> None:
+        text = _SPACES.sub(" ", text)
+        if not self.buffer or self.buffer[-1].endswith(" "):
+            text = text.lstrip(" ")
+        if text.strip():
+            self._open()
+        if text:
+            self.buffer.append(text)
+
+    def raw(self, text: str) -> None:
+        self._open()
+        first, *rest = text.split("\n")
+        self.buffer.append(first)
+        for line in rest:
+            self.lines.append("".join(self.buffer).rstrip())
+            self.buffer = [line]
+
+    def end_line(self) -> None:
+        line = "".join(self.buffer).rstrip()
+        self.buffer, self.marker = [], ""
+        if line.strip():
+            self.lines.append(line)
+
+    def blank_line(self) -> None:
+        self.end_line()
+        if self.lines and self.lines[-1] != "":
+            self.lines.append("")
+
+    def text(self) -> str:
+        self.end_line()
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(self.lines)).strip()
+
+
+def _hidden(tag: Tag, in_section: bool) -> bool:
+    return (
+        tag.name in _DROP
+        or (tag.name in ("header", "footer") and not in_section)
+        or tag.has_attr("hidden")
+        or str(tag.get("aria-hidden", "")).lower() == "true"
+        or bool(_HIDDEN_STYLE.search(str(tag.get("style", ""))))
+    )
+
+
+def html_to_text(soup: BeautifulSoup) -> str:
+    """Render the visible text of a parsed page as lines."""
+    out = _Writer()
+    lists: list[list] = []  # [kind, counter] per open <ul>/<ol>
+    rows: list[int] = []  # cells seen so far in each open <tr>
+    pre_depth = 0
+    cell_depth = 0  # inside a table cell, block breaks become spaces to keep the row on one line
+    section_depth = 0
+    stack: list[tuple[object, bool]] = [(soup, False)]
+    while stack:
+        node, closing = stack.pop()
+        if isinstance(node, NavigableString):
+            if not isinstance(node, PreformattedString):  # comments, doctype, CDATA
+                (out.raw if pre_depth else out.inline)(str(node))
+            continue
+        if not isinstance(node, Tag):
+            continue
+        name = node.name
+        if not closing:
+            if node is not soup and _hidden(node, section_depth > 0):
+                continue
+            stack.append((node, True))
+            stack.extend((child, False) for child in reversed(node.contents))
+        if name in _SECTIONING:
+            section_depth += -1 if closing else 1
+        if cell_depth and name not in ("td", "th"):
+            if name in _BLOCK or name in _HEADINGS or name in ("br", "li", "tr", "table", "pre", "ul", "ol"):
+                out.inline(" ")
+            if name == "img" and not closing and node.get("alt"):
+                out.inline(f" {node['alt']} ")
+            if name == "pre":
+                pre_depth += -1 if closing else 1
+            continue
+        if name in _HEADINGS:
+            out.blank_line()
+            if not closing:
+                out.start("#" * _HEADINGS[name] + " ")
+        elif name in ("ul", "ol"):
+            out.end_line()
+            if closing:
+                if lists:
+                    lists.pop()
+            else:
+                start = str(node.get("start", "1"))
+                lists.append([name, int(start) - 1 if start.lstrip("-").isdigit() else 0])
+        elif name == "li":
+            out.end_line()
+            if not closing:
+                indent = "  " * max(len(lists) - 1, 0)
+                if lists and lists[-1][0] == "ol":
+                    lists[-1][1] += 1
+                    out.start(f"{indent}{lists[-1][1]}. ")
+                else:
+                    out.start(f"{indent}- ")
+        elif name == "tr":
+            out.end_line()
+            if closing:
+                if rows:
+                    rows.pop()
+            else:
+                rows.append(0)
+        elif name in ("td", "th"):
+            if closing:
+                cell_depth -= 1
+                out.inline(" ")
+            else:
+                if rows:
+                    if rows[-1]:
+                        out.inline(" | ")
+                    rows[-1] += 1
+                cell_depth += 1
+        elif name == "pre":
+            out.blank_line()
+            pre_depth += -1 if closing else 1
+        elif name in _PARAGRAPH:
+            out.blank_line()
+        elif name in _BLOCK or name == "br":
+            out.end_line()
+        elif name == "img" and not closing and node.get("alt"):
+            out.inline(f" {node['alt']} ")
+    return out.text()
+
+
+def html_title(soup: BeautifulSoup) -> str:
+    """<title>, or the first <h1> when the page has none."""
+    for tag in (soup.find("title"), soup.find("h1")):
+        if isinstance(tag, Tag):
+            title = " ".join(tag.get_text(" ").split())
+            if title:
+                return title
+    return ""
+
+
+def load_html(path: Path, **_options: object) -> list[Part]:
+    data = read_bytes(path)
+    text, encoding = decode_with_encoding(data, path)  # refuses empty and binary files
+    # A legacy-encoding guess is only a guess: give BeautifulSoup the bytes so <meta charset> wins.
+    markup: str | bytes = text if encoding.startswith("utf") else data
+    soup = BeautifulSoup(markup, "lxml")
+    try:
+        body = html_to_text(soup)
+    except RecursionError:
+        body = "\n".join(line.strip() for line in soup.get_text("\n").splitlines() if line.strip())
+    return [Part(body, {"title": html_title(soup)})]

@@ -1,0 +1,522 @@
+"""Wires the stages: ingest(), search(), ask(), stream(). Only this module knows the whole chain.
+
+Ingestion is incremental and crash-safe because the Chroma collection is the only record of what was
+ingested. Each chunk carries its file's ``file_signature`` (a hash of the file's bytes and of the
+settings that shaped its chunks) and ``file_chunks`` (how many chunks the file has). A file is
+unchanged when all its stored chunks carry the current signature and there are exactly
+``file_chunks`` of them. A changed file gets its new chunks written first and its stale chunks deleted
+after, so a crash at any point leaves either the old chunks or a state the next ingest repairs:
+chunks already written are found by id and not embedded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rag.chunking import Chunker
+from rag.config import Settings, load_settings
+from rag.embedding import Embedder
+from rag.errors import LoadError, RagError, StoreError
+from rag.generation import Generator
+from rag.lexical import LexicalIndex
+from rag.loaders import iter_files, load_file
+from rag.prompting import PromptBuilder, parse_citations
+from rag.retrieval import Retriever, Reranker
+from rag.store import Store
+from rag.types import Answer, Chunk, Document, Hit
+
+FLUSH_CHUNKS = 256  # chunks embedded and written together: big enough for length-sorted batches
+LEXICAL_FLUSH = 20_000  # chunk texts held for the lexical index before it is brought up to date
+
+
+def log(message: str) -> None:
+    """Messages go to stderr so that stdout stays clean for --json."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class IngestReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: int = 0
+    chunks_embedded: int = 0
+    chunks_deleted: int = 0
+    chunks_total: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"files: {self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
+            f"{self.removed} removed, {self.failed} failed; chunks: {self.chunks_embedded} embedded, "
+            f"{self.chunks_deleted} deleted, {self.chunks_total} in store ({self.seconds:.1f} s)"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "failures"}
+        data["failures"] = [{"source": s, "reason": r} for s, r in self.failures]
+        return data
+
+
+@dataclass
+class _FileWork:
+    """One file on its way through ingestion."""
+
+    source: str
+    signature: str = ""
+    status: str = "unchanged"  # unchanged | added | updated | failed
+    chunks: list[Chunk] = field(default_factory=list)
+    reason: str = ""
+
+
+def _unchanged(stored: dict[str, tuple[str, int]], signature: str) -> bool:
+    """All of a source's chunks carry this signature, and none is missing."""
+    return bool(stored) and all(sig == signature and count == len(stored) for sig, count in stored.values())
+
+
+def _ahead(make: Callable[[], Iterator[Any]], depth: int = 16) -> Iterator[Any]:
+    """Runs an iterator in a thread a few items ahead of its consumer. Loading and chunking then
+    overlap with embedding (torch releases the GIL), and only ``depth`` items are ever held."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in make():
+                if stop.is_set():
+                    return
+                ready.put(item)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer and raised there
+            ready.put(exc)
+        ready.put(done)
+
+    thread = threading.Thread(target=produce, name="rag-prepare", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+def _overrides_from_kwargs(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``generation={"max_new_tokens": 64}`` or ``generation__max_new_tokens=64`` -> dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            for sub, inner in value.items():
+                flat[f"{key}.{sub}"] = inner
+        else:
+            flat[key.replace("__", ".")] = value
+    return flat
+
+
+class Pipeline:
+    """One object configured by one Settings; stages are built lazily, once."""
+
+    def __init__(self, settings: Settings | None = None, *, progress: bool | None = None):
+        self.settings = settings or Settings()
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self._embedder: Embedder | None = None
+        self._chunker: Chunker | None = None
+        self._store: Store | None = None
+        self._lexical: LexicalIndex | None = None
+        self._generator: Generator | None = None
+        self._prompt: PromptBuilder | None = None
+        self._reranker: Reranker | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None, *, sets: list[str] | None = None, **overrides: Any) -> Pipeline:
+        return cls(load_settings(path, _overrides_from_kwargs(overrides), sets))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | Settings | None = None, **overrides: Any) -> Pipeline:
+        if isinstance(config, Settings):
+            return cls(config)
+        flat = _overrides_from_kwargs({**(config or {}), **overrides})
+        return cls(load_settings(None, flat))
+
+    # -- stages, built on first use -------------------------------------------------------------
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            s = self.settings.embedding
+            self._embedder = Embedder(
+                s.model, device=s.device, dtype=s.dtype, batch_size=s.batch_size, pooling=s.pooling,
+                normalize=s.normalize, max_length=s.max_length, query_prefix=s.query_prefix,
+                document_prefix=s.document_prefix, quantize=s.quantize, trust_remote_code=s.trust_remote_code,
+            )
+        return self._embedder
+
+    @property
+    def chunker(self) -> Chunker:
+        if self._chunker is None:
+            s = self.settings.chunking
+            self._chunker = Chunker(
+                self.embedder.tokenizer, strategy=s.strategy, chunk_size=s.chunk_size,
+                chunk_overlap=s.chunk_overlap, max_tokens=self.embedder.max_content_tokens,
+            )
+        return self._chunker
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            s = self.settings.store
+            self._store = Store(s.path, url=s.url, collection=s.collection, token=s.token)
+        return self._store
+
+    def _record(self) -> dict[str, Any]:
+        """What the collection records about how it was built."""
+        chunking = self.settings.chunking
+        return {
+            **self.embedder.describe(),
+            "chunking_strategy": chunking.strategy,
+            "chunking_chunk_size": self.chunker.limit,
+            "chunking_chunk_overlap": chunking.chunk_overlap,
+        }
+
+    def _open_store(self, *, create: bool) -> Store:
+        self.store.open(self._record(), create=create)
+        return self.store
+
+    @property
+    def lexical(self) -> LexicalIndex:
+        if self._lexical is None:
+            s = self.settings.lexical
+            folder = Path(self.settings.store.path) / "lexical" / self.settings.store.collection
+            self._lexical = LexicalIndex(folder, stemmer=s.stemmer, stopwords=s.stopwords, k1=s.k1, b=s.b)
+        return self._lexical
+
+    def _fresh_lexical(self) -> LexicalIndex:
+        """The lexical index, rebuilt from the collection when it is missing or behind it."""
+        index = self.lexical
+        state = self.store.state
+        if index.state is None:
+            index.load()
+        if index.state != state:
+            log(f"lexical index is missing or stale; rebuilding it from the collection ({self.store.count()} chunks)")
+            index.rebuild(self.store.iter_texts(), state)
+        return index
+
+    @property
+    def generator(self) -> Generator:
+        if self._generator is None:
+            s = self.settings.generation
+            self._generator = Generator(
+                s.model, device=s.device, dtype=s.dtype, trust_remote_code=s.trust_remote_code,
+                max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                repetition_penalty=s.repetition_penalty, stop=s.stop, seed=s.seed,
+                context_window=s.context_window, system_prompt=s.system_prompt,
+            )
+        return self._generator
+
+    @property
+    def prompt(self) -> PromptBuilder:
+        if self._prompt is None:
+            s = self.settings.prompt
+            self._prompt = PromptBuilder(s.template, variables=s.variables)
+        return self._prompt
+
+    # -- ingestion ------------------------------------------------------------------------------
+
+    def _signature_salt(self) -> str:
+        """Settings that change what chunks a file yields: a change re-ingests the file."""
+        s = self.settings
+        return (f"{s.chunking.strategy}:{self.chunker.limit}:{s.chunking.chunk_overlap}:"
+                f"{s.loading.json_text_field}:{self.embedder.model_name}")
+
+    def ingest(self, paths: Iterable[str | Path], *, sync: bool = False, wait: bool = True) -> IngestReport:
+        """Load, chunk, embed and store every supported file under ``paths``; see the module docstring.
+        With ``sync``, files ingested before from under ``paths`` that are gone now are removed."""
+        paths = [Path(p) for p in paths]
+        loading = self.settings.loading
+        items = lambda: iter_files(paths, loading.include, loading.exclude)  # noqa: E731
+        return self._ingest(items, self._prepare_file, sync_roots=paths if sync else None, wait=wait)
+
+    def ingest_documents(self, documents: Iterable[Document], *, wait: bool = True) -> IngestReport:
+        """Ingest documents made in memory (e.g. an evaluation corpus); ``metadata["source"]`` is each
+        one's identity, as a file's path is for files."""
+        return self._ingest(lambda: iter(documents), self._prepare_document, sync_roots=None, wait=wait)
+
+    def _ingest(self, items, prepare, *, sync_roots: list[Path] | None, wait: bool) -> IngestReport:
+        started = time.perf_counter()
+        store = self._open_store(create=True)
+        report = IngestReport()
+        with store.write_lock(wait=wait, timeout=self.settings.store.lock_timeout,
+                              on_wait=lambda: log(f"waiting for another ingest to finish writing to {store.location}")):
+            known: dict[str, dict[str, tuple[str, int]]] = {}
+            for chunk_id, metadata in store.iter_metadata():
+                entry = (str(metadata.get("file_signature", "")), int(metadata.get("file_chunks", -1)))
+                known.setdefault(str(metadata.get("source", "")), {})[chunk_id] = entry
+            store.bump_state()  # from here on the lexical index is stale until brought up to date
+            self._lexical_pending: dict[str, str | None] = {}
+            salt = self._signature_salt()
+            seen: set[str] = set()
+            progress = self._progress_bar()
+            batch: list[_FileWork] = []
+            for work in _ahead(lambda: (prepare(item, known, salt) for item in items())):
+                seen.add(work.source)
+                progress.update(1)
+                if work.status == "failed":
+                    report.failed += 1
+                    report.failures.append((work.source, work.reason))
+                    log(f"failed: {work.source}: {work.reason}")
+                elif work.status == "unchanged":
+                    report.unchanged += 1
+                else:
+                    batch.append(work)
+                    if sum(len(w.chunks) for w in batch) >= FLUSH_CHUNKS:
+                        self._write(batch, known, report)
+                        batch = []
+            self._write(batch, known, report)
+            progress.close()
+            if sync_roots is not None:
+                self._remove_gone(sync_roots, known, seen, report)
+            self._flush_lexical(final=True)
+            report.chunks_total = store.count()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _progress_bar(self):
+        from tqdm import tqdm
+
+        return tqdm(desc="ingesting", unit="file", disable=not self.progress, file=sys.stderr, leave=False)
+
+    def _chunked(self, source: str, signature: str, documents: list[Document], stored: dict) -> _FileWork:
+        chunks = [chunk for document in documents for chunk in self.chunker.split(document)]
+        if not chunks:
+            return _FileWork(source, status="failed", reason="no text to index")
+        for chunk in chunks:
+            chunk.metadata.update(document_id=chunk.document_id, file_signature=signature, file_chunks=len(chunks))
+        return _FileWork(source, signature, "updated" if stored else "added", chunks)
+
+    def _prepare_file(self, item: Path | LoadError, known: dict, salt: str) -> _FileWork:
+        """Hash the file; load and chunk it only when the store does not hold it as it is now."""
+        if isinstance(item, LoadError):
+            return _FileWork(item.path, status="failed", reason=item.reason)
+        source = str(item.resolve())
+        limit = self.settings.loading.max_file_bytes
+        try:
+            size = item.stat().st_size
+            if size > limit:
+                return _FileWork(source, status="failed",
+                                 reason=f"file is {size} bytes, over the limit of {limit} (loading.max_file_bytes)")
+            digest = hashlib.sha256(salt.encode())
+            with open(item, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            return _FileWork(source, status="failed", reason=f"cannot read: {exc.strerror or exc}")
+        signature = digest.hexdigest()[:32]
+        stored = known.get(source, {})
+        if _unchanged(stored, signature):
+            return _FileWork(source, signature)
+        try:
+            documents = load_file(item, json_text_field=self.settings.loading.json_text_field, max_bytes=limit)
+            return self._chunked(source, signature, documents, stored)
+        except LoadError as exc:
+            return _FileWork(source, status="failed", reason=exc.reason)
+        except RecursionError:
+            return _FileWork(source, status="failed", reason="structure nested too deeply to read")
+
+    def _prepare_document(self, document: Document, known: dict, salt: str) -> _FileWork:
+        source = str(document.metadata.get("source") or document.id)
+        document.metadata.setdefault("source", source)
+        signature = hashlib.sha256(f"{salt}\0{document.text}".encode()).hexdigest()[:32]
+        stored = known.get(source, {})
+        if _unchanged(stored, signature):
+            return _FileWork(source, signature)
+        return self._chunked(source, signature, [document], stored)
+
+    def _write(self, batch: list[_FileWork], known: dict[str, dict[str, tuple[str, int]]],
+               report: IngestReport) -> None:
+        """Embed the chunks not stored yet, write them, then retire each file's stale chunks."""
+        if not batch:
+            return
+        store = self.store
+        new = [c for w in batch for c in w.chunks if c.id not in known.get(w.source, {})]
+        if new:
+            vectors = self.embedder.embed_documents([c.text for c in new])
+            store.upsert(new, vectors)
+            report.chunks_embedded += len(new)
+        for work in batch:
+            stored = known.get(work.source, {})
+            kept = [c for c in work.chunks if c.id in stored]
+            if kept:
+                store.update_metadata([c.id for c in kept], [c.metadata for c in kept])
+            current = {c.id for c in work.chunks}
+            stale = [i for i in stored if i not in current]
+            store.delete(stale)
+            report.chunks_deleted += len(stale)
+            self._lexical_pending.update({c.id: c.text for c in work.chunks})
+            self._lexical_pending.update(dict.fromkeys(stale))
+            setattr(report, work.status, getattr(report, work.status) + 1)
+            known[work.source] = {c.id: (work.signature, len(work.chunks)) for c in work.chunks}
+        if len(self._lexical_pending) >= LEXICAL_FLUSH:
+            self._flush_lexical(final=False)
+
+    def _remove_gone(self, paths: list[Path], known: dict[str, dict[str, tuple[str, int]]], seen: set[str],
+                     report: IngestReport) -> None:
+        """--sync: chunks of files under the given paths that are no longer there are deleted."""
+        roots = [str(p.resolve()) for p in paths]
+        for source in list(known):
+            under = any(source == r or source.startswith(r.rstrip("/") + "/") for r in roots)
+            if under and source not in seen and not Path(source).exists():
+                ids = list(known.pop(source))
+                self.store.delete(ids)
+                self._lexical_pending.update(dict.fromkeys(ids))
+                report.removed += 1
+                report.chunks_deleted += len(ids)
+
+    def _flush_lexical(self, *, final: bool) -> None:
+        """Bring the lexical index up to date with what was written; it records the store state only
+        when the ingest is complete, so a crash in between leaves it visibly stale (and rebuilt)."""
+        pending = self._lexical_pending
+        index = self.lexical
+        if not pending and not final:
+            return
+        if index.state is None and not index.load():
+            if final:
+                index.rebuild(self.store.iter_texts(), self.store.state)
+            self._lexical_pending = {}
+            return
+        upserts = [(i, t) for i, t in pending.items() if t is not None]
+        deletes = [i for i, t in pending.items() if t is None]
+        index.update(upserts, deletes, state=self.store.state if final else "ingest in progress")
+        self._lexical_pending = {}
+
+    # -- questions ------------------------------------------------------------------------------
+
+    def retriever(self, mode: str | None = None) -> Retriever:
+        s = self.settings.retrieval
+        mode = mode or s.mode
+        store = self._open_store(create=False)
+        if self.settings.rerank.model and self._reranker is None:
+            r = self.settings.rerank
+            self._reranker = Reranker(r.model, device=r.device, batch_size=r.batch_size,
+                                      trust_remote_code=r.trust_remote_code)
+        return Retriever(
+            store=store,
+            embed_query=lambda text: self.embedder.embed_queries([text])[0],
+            lexical=self._fresh_lexical() if mode in ("lexical", "hybrid") else None,
+            reranker=self._reranker,
+            mode=mode, k=s.k, fetch_k=s.fetch_k, fusion=s.fusion, rrf_k=s.rrf_k, dense_weight=s.dense_weight,
+            score_threshold=s.score_threshold, where=s.where, use_mmr=s.mmr, mmr_lambda=s.mmr_lambda,
+            rerank_top_n=self.settings.rerank.top_n,
+        )
+
+    def search(self, query: str, k: int | None = None, *, mode: str | None = None,
+               where: dict | None = None) -> list[Hit]:
+        if not query or not query.strip():
+            raise RagError("the query is empty; ask something")
+        store = self._open_store(create=False)
+        if store.count() == 0:
+            raise StoreError(f"store at {store.location} is empty; run `rag ingest PATH` first")
+        return self.retriever(mode).search(query, k, mode=mode, where=where)
+
+    def ask(self, question: str, k: int | None = None, *, mode: str | None = None) -> Answer:
+        answer = None
+        for piece in self.stream(question, k, mode=mode):
+            if isinstance(piece, Answer):
+                answer = piece
+        assert answer is not None
+        return answer
+
+    def stream(self, question: str, k: int | None = None, *, mode: str | None = None) -> Iterator[str | Answer]:
+        """Yields the answer's text pieces as they are generated, then the finished Answer."""
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+        hits = self.search(question, k, mode=mode)
+        timings["retrieval"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        generator = self.generator
+        budget = generator.context_window - generator.max_new_tokens
+        user_message, kept, dropped = self.prompt.pack(
+            question, hits, lambda text: generator.count_tokens(generator.format_prompt(text)), budget
+        )
+        prompt = generator.format_prompt(user_message)
+        timings["prompt"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        pieces: list[str] = []
+        stream = generator.stream(prompt)
+        while True:
+            try:
+                piece = next(stream)
+            except StopIteration as done:
+                usage = dict(done.value or {})
+                break
+            if not pieces:
+                timings["first_token"] = time.perf_counter() - clock
+            pieces.append(piece)
+            yield piece
+        timings["generation"] = time.perf_counter() - clock
+        timings.setdefault("first_token", timings["generation"])
+        text = "".join(pieces)
+        cited, unknown = parse_citations(text, len(kept))
+        yield Answer(text=text, hits=kept, citations=cited, prompt=prompt, timings=timings, usage=usage,
+                     dropped_hits=dropped, unknown_citations=unknown)
+
+    # -- what the store holds -------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        store = self.store
+        record = store.record()
+        exists = bool(record) or store.exists()
+        sources: set[str] = set()
+        documents: set[str] = set()
+        if exists:
+            store.open(record or self._record(), create=False)
+            for _, metadata in store.iter_metadata():
+                sources.add(str(metadata.get("source", "")))
+                documents.add(str(metadata.get("document_id", "")))
+        return {
+            "store": store.location,
+            "collection": self.settings.store.collection,
+            "exists": exists,
+            "files": len(sources),
+            "documents": len(documents),
+            "chunks": store.count() if exists else 0,
+            "embedding_model": record.get("embedding_model"),
+            "embedding_dimension": record.get("embedding_dimension"),
+            "chunking": {k.removeprefix("chunking_"): v for k, v in record.items() if k.startswith("chunking_")},
+        }
+
+
+def hit_dict(hit: Hit) -> dict[str, Any]:
+    """A hit as JSON: what `rag search --json` and `rag ask --json` print."""
+    metadata = hit.chunk.metadata
+    return {
+        "rank": hit.rank,
+        "id": hit.chunk.id,
+        "score": hit.score,
+        "scores": hit.scores,
+        "ranks": hit.ranks,
+        "source": metadata.get("source"),
+        "page": metadata.get("page"),
+        "text": hit.chunk.text,
+        "start": hit.chunk.start,
+        "end": hit.chunk.end,
+        "metadata": metadata,
+    }
+

@@ -1,0 +1,211 @@
+"""Question -> ranked Hits: dense, lexical or hybrid, with filters, a score threshold, MMR and rerank.
+
+Scores, higher is better always:
+- ``dense``: cosine similarity between the query and chunk vectors (-1..1).
+- ``lexical``: the BM25 score (0..inf, only comparable within one query).
+- ``hybrid``: with ``fusion: rrf``, the reciprocal-rank-fusion score ``sum 1 / (rrf_k + rank)`` over the
+  retrievers that found the chunk; with ``fusion: weighted``, ``w * dense' + (1 - w) * lexical'`` where
+  each retriever's scores are min-max normalized over the candidates.
+- with a reranker: the cross-encoder's relevance logit.
+Every hit also carries each retriever's own score and rank in ``Hit.scores`` / ``Hit.ranks``, and the
+dense cosine of every hit is always filled in, so ``score_threshold`` (a cosine similarity) means the
+same thing in every mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from rag.errors import ConfigError, ModelError
+from rag.types import Chunk, Hit
+
+MODES = ("dense", "lexical", "hybrid")
+
+
+class ChunkStore(Protocol):
+    def query(self, vector: np.ndarray, k: int, where: dict | None = None, *, embeddings: bool = False) -> list: ...
+    def get(self, ids: Sequence[str], *, embeddings: bool = False) -> list: ...
+    def iter_metadata(self, where: dict | None = None): ...
+
+
+class LexicalSearch(Protocol):
+    def search(self, query: str, k: int, allowed_ids: set[str] | None = None) -> list[tuple[str, float]]: ...
+
+
+def rrf(rankings: dict[str, list[str]], k: int = 60) -> list[tuple[str, float]]:
+    """Reciprocal rank fusion of several best-first id lists; ties go to the smaller id."""
+    fused: dict[str, float] = {}
+    for ranking in rankings.values():
+        for rank, chunk_id in enumerate(ranking, start=1):
+            fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (k + rank)
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+def weighted(scores: dict[str, dict[str, float]], weights: dict[str, float]) -> list[tuple[str, float]]:
+    """Weighted sum of min-max normalized scores; an id a retriever did not score counts 0 there."""
+    ids = sorted({i for per in scores.values() for i in per})
+    fused = dict.fromkeys(ids, 0.0)
+    for name, per in scores.items():
+        if not per:
+            continue
+        low, high = min(per.values()), max(per.values())
+        span = high - low
+        for chunk_id, score in per.items():
+            fused[chunk_id] += weights.get(name, 0.0) * ((score - low) / span if span > 0 else 1.0)
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+def mmr(query: np.ndarray, vectors: np.ndarray, k: int, lambda_: float = 0.5) -> list[int]:
+    """Maximal marginal relevance: indices picked greedily for relevance minus redundancy."""
+    if len(vectors) == 0:
+        return []
+    relevance = vectors @ query
+    similarity = vectors @ vectors.T
+    chosen: list[int] = []
+    left = list(range(len(vectors)))
+    while left and len(chosen) < k:
+        redundancy = similarity[np.ix_(left, chosen)].max(axis=1) if chosen else np.zeros(len(left))
+        values = lambda_ * relevance[left] - (1 - lambda_) * redundancy
+        best = left[int(np.argmax(values))]
+        chosen.append(best)
+        left.remove(best)
+    return chosen
+
+
+class Reranker:
+    """A cross-encoder (AutoModelForSequenceClassification) that rescores (question, chunk) pairs."""
+
+    def __init__(self, model: str, *, device: str = "auto", batch_size: int = 16, trust_remote_code: bool = False):
+        self.model_name = model
+        self.device = device
+        self.batch_size = batch_size
+        self.trust_remote_code = trust_remote_code
+        self._loaded: tuple[Any, Any] | None = None
+
+    def _load(self):
+        if self._loaded is None:
+            import torch
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+            device = self.device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(self.model_name, trust_remote_code=self.trust_remote_code)
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    self.model_name, trust_remote_code=self.trust_remote_code
+                )
+            except Exception as exc:  # noqa: BLE001
+                raise ModelError(
+                    f"rerank.model: cannot load {self.model_name!r} ({type(exc).__name__}); point it at a local "
+                    "folder or run once online"
+                ) from None
+            self._loaded = (tokenizer, model.eval().to(device))
+        return self._loaded
+
+    def score(self, question: str, texts: Sequence[str]) -> list[float]:
+        import torch
+
+        tokenizer, model = self._load()
+        scores: list[float] = []
+        with torch.inference_mode():
+            for begin in range(0, len(texts), self.batch_size):
+                batch = list(texts[begin : begin + self.batch_size])
+                features = tokenizer([question] * len(batch), batch, padding=True, truncation=True,
+                                     return_tensors="pt").to(model.device)
+                logits = model(**features).logits
+                # One logit: a relevance score; two or more: the last class is "relevant".
+                column = logits[:, 0] if logits.shape[-1] == 1 else logits[:, -1] - logits[:, 0]
+                scores.extend(column.float().cpu().tolist())
+        return scores
+
+
+@dataclass
+class Retriever:
+    """Ranks chunks for a question. It is handed the store, the query encoder and the lexical index;
+    it builds none of them, so it imports no other stage."""
+
+    store: ChunkStore
+    embed_query: Callable[[str], np.ndarray]
+    lexical: LexicalSearch | None = None
+    reranker: Reranker | None = None
+    mode: str = "dense"
+    k: int = 5
+    fetch_k: int = 100
+    fusion: str = "rrf"
+    rrf_k: int = 60
+    dense_weight: float = 0.5
+    score_threshold: float | None = None
+    where: dict | None = None
+    use_mmr: bool = False
+    mmr_lambda: float = 0.5
+    rerank_top_n: int = 20
+
+    def search(self, question: str, k: int | None = None, *, mode: str | None = None,
+               where: dict | None = None) -> list[Hit]:
+        mode = mode or self.mode
+        if mode not in MODES:
+            raise ConfigError(f"retrieval.mode: {mode!r} is not one of {', '.join(MODES)}")
+        if mode in ("lexical", "hybrid") and self.lexical is None:
+            raise ConfigError(f"retrieval.mode: {mode} needs the lexical index, which this store does not have")
+        k = k or self.k
+        where = where if where is not None else self.where
+        depth = max(k, self.fetch_k) if (mode == "hybrid" or self.use_mmr or self.reranker) else k
+        query = self.embed_query(question)
+
+        # Each retriever's own view: id -> (score, rank), and what we know of each chunk.
+        chunks: dict[str, Chunk] = {}
+        vectors: dict[str, np.ndarray] = {}
+        per: dict[str, dict[str, tuple[float, int]]] = {}
+        if mode in ("dense", "hybrid"):
+            found = self.store.query(query, depth, where, embeddings=True)
+            per["dense"] = {c.id: (score, rank) for rank, (c, score, _) in enumerate(found, start=1)}
+            for chunk, _, vector in found:
+                chunks[chunk.id], vectors[chunk.id] = chunk, vector
+        if mode in ("lexical", "hybrid"):
+            allowed = {i for i, _ in self.store.iter_metadata(where)} if where else None
+            found_lex = self.lexical.search(question, depth, allowed)
+            per["lexical"] = {i: (score, rank) for rank, (i, score) in enumerate(found_lex, start=1)}
+
+        if mode == "hybrid":
+            if self.fusion == "rrf":
+                rankings = {name: sorted(ids, key=lambda i, ids=ids: ids[i][1]) for name, ids in per.items()}
+                ranked = rrf(rankings, self.rrf_k)
+            else:
+                scores = {name: {i: s for i, (s, _) in ids.items()} for name, ids in per.items()}
+                ranked = weighted(scores, {"dense": self.dense_weight, "lexical": 1 - self.dense_weight})
+        else:
+            ranked = sorted(((i, s) for i, (s, _) in per[mode].items()), key=lambda item: (-item[1], item[0]))
+
+        missing = [i for i, _ in ranked if i not in chunks]
+        for chunk, vector in self.store.get(missing, embeddings=True):
+            chunks[chunk.id], vectors[chunk.id] = chunk, vector
+        ranked = [(i, s) for i, s in ranked if i in chunks]  # a stale lexical id is never shown
+        cosine = {i: float(vectors[i] @ query) for i, _ in ranked}
+        if self.score_threshold is not None:
+            ranked = [(i, s) for i, s in ranked if cosine[i] >= self.score_threshold]
+
+        if self.use_mmr and ranked:
+            ids = [i for i, _ in ranked]
+            picked = mmr(query, np.stack([vectors[i] for i in ids]), len(ids), self.mmr_lambda)
+            ranked = [ranked[p] for p in picked]
+        if self.reranker is not None and ranked:
+            head = ranked[: max(k, self.rerank_top_n)]
+            rerank_scores = self.reranker.score(question, [chunks[i].text for i, _ in head])
+            for (i, _), score in zip(head, rerank_scores):
+                per.setdefault("rerank", {})[i] = (score, 0)
+            ranked = sorted(((i, s) for (i, _), s in zip(head, rerank_scores)), key=lambda item: (-item[1], item[0]))
+            for rank, (i, _) in enumerate(ranked, start=1):
+                per["rerank"][i] = (per["rerank"][i][0], rank)
+
+        hits = []
+        for rank, (chunk_id, score) in enumerate(ranked[:k], start=1):
+            scores = {name: ids[chunk_id][0] for name, ids in per.items() if chunk_id in ids}
+            scores["dense"] = cosine[chunk_id]
+            ranks = {name: ids[chunk_id][1] for name, ids in per.items() if chunk_id in ids}
+            hits.append(Hit(chunk=chunks[chunk_id], score=float(score), rank=rank, scores=scores, ranks=ranks))
+        return hits

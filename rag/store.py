@@ -1,0 +1,273 @@
+"""Chroma, embedded on disk (default) or a Chroma server over HTTP: one collection of chunks.
+
+The collection is the source of truth for what was ingested: every chunk carries its source file's
+ingest signature and chunk count in its metadata, so no second bookkeeping store can drift from it.
+The collection's own metadata records what built it; reopening it with another embedding model is
+refused instead of silently mixing vector spaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag.errors import StoreError
+from rag.types import Chunk
+
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+# Recorded settings that must match for the stored vectors to mean anything.
+MUST_MATCH = ("embedding_model", "embedding_dimension", "embedding_pooling", "embedding_normalized")
+STATE_KEY = "rag_state"
+
+
+class Store:
+    """A Chroma collection of chunks with cosine distance; scores come back as cosine similarity."""
+
+    def __init__(self, path: str | Path = ".rag", *, url: str | None = None, collection: str = "rag",
+                 token: str | None = None):
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        self.path = Path(path)
+        self.url = url
+        self.collection_name = collection
+        settings = ChromaSettings(anonymized_telemetry=False)
+        try:
+            if url:
+                from urllib.parse import urlparse
+
+                parsed = urlparse(url)
+                headers = {"Authorization": f"Bearer {token}"} if token else None
+                self.client = chromadb.HttpClient(
+                    host=parsed.hostname or "localhost",
+                    port=parsed.port or (443 if parsed.scheme == "https" else 8000),
+                    ssl=parsed.scheme == "https",
+                    headers=headers,
+                    settings=settings,
+                )
+                self.client.heartbeat()
+            else:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self.client = chromadb.PersistentClient(path=str(self.path), settings=settings)
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - connection and permission problems alike
+            where = url or str(self.path)
+            raise StoreError(f"store: cannot open Chroma at {where}: {type(exc).__name__}: {exc}") from None
+        self._collection = None
+
+    @property
+    def location(self) -> str:
+        return self.url or str(self.path.resolve())
+
+    # -- the collection and what built it --------------------------------------------------------
+
+    def exists(self) -> bool:
+        try:
+            self.client.get_collection(self.collection_name)
+            return True
+        except Exception:  # noqa: BLE001 - chroma raises different types across versions
+            return False
+
+    def open(self, record: dict[str, Any], *, create: bool = True) -> None:
+        """Open (or create) the collection, refusing one built with a different embedding model."""
+        if self._collection is not None:
+            return
+        if not create and not self.exists():
+            raise StoreError(
+                f"store: no collection {self.collection_name!r} at {self.location}; run `rag ingest PATH` first"
+            )
+        collection = self.client.get_or_create_collection(
+            self.collection_name,
+            metadata={**record, STATE_KEY: 0},
+            configuration={"hnsw": {"space": "cosine", "ef_search": 200, "ef_construction": 200}},
+            embedding_function=None,
+        )
+        stored = collection.metadata or {}
+        for key in MUST_MATCH:
+            if key in stored and key in record and stored[key] != record[key]:
+                raise StoreError(
+                    f"store: collection {self.collection_name!r} at {self.location} was built with "
+                    f"{key}={stored[key]!r}, not {record[key]!r}; use that model, another store.collection, "
+                    "or a new store.path"
+                )
+        self._collection = collection
+        if any(stored.get(k) != v for k, v in record.items()):
+            self._write_metadata({**stored, **record})
+
+    @property
+    def collection(self):
+        if self._collection is None:
+            raise StoreError("store: collection is not open")
+        return self._collection
+
+    def record(self) -> dict[str, Any]:
+        """What the collection says built it (empty when there is no collection yet)."""
+        try:
+            return dict(self.client.get_collection(self.collection_name).metadata or {})
+        except Exception:  # noqa: BLE001
+            return {}
+
+    def _write_metadata(self, metadata: dict[str, Any]) -> None:
+        # Chroma refuses the hnsw:* keys in modify(); they are fixed at creation anyway.
+        self.collection.modify(metadata={k: v for k, v in metadata.items() if not k.startswith("hnsw:")})
+
+    @property
+    def state(self) -> str:
+        """A token that changes with every write, so a side index can tell whether it is stale."""
+        metadata = self.client.get_collection(self.collection_name).metadata or {}
+        return f"{metadata.get(STATE_KEY, 0)}:{self.count()}"
+
+    def bump_state(self) -> str:
+        metadata = dict(self.client.get_collection(self.collection_name).metadata or {})
+        metadata[STATE_KEY] = int(metadata.get(STATE_KEY, 0)) + 1
+        self._write_metadata(metadata)
+        return f"{metadata[STATE_KEY]}:{self.count()}"
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        return self.collection.count()
+
+    def _page_size(self) -> int:
+        return max(1, min(self.client.get_max_batch_size(), 5000))
+
+    def iter_metadata(self, where: dict | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(id, metadata) of every chunk, fetched in pages so memory stays bounded."""
+        page = self._page_size()
+        offset = 0
+        while True:
+            got = self.collection.get(where=where, limit=page, offset=offset, include=["metadatas"])
+            for chunk_id, metadata in zip(got["ids"], got["metadatas"]):
+                yield chunk_id, metadata or {}
+            if len(got["ids"]) < page:
+                return
+            offset += page
+
+    def iter_texts(self) -> Iterator[tuple[str, str]]:
+        """(id, text) of every chunk, for rebuilding a side index from the source of truth."""
+        page = self._page_size()
+        offset = 0
+        while True:
+            got = self.collection.get(limit=page, offset=offset, include=["documents"])
+            yield from zip(got["ids"], got["documents"])
+            if len(got["ids"]) < page:
+                return
+            offset += page
+
+    def get(self, ids: Sequence[str], *, embeddings: bool = False) -> list[tuple[Chunk, np.ndarray | None]]:
+        """Chunks by id, in the order asked; ids not in the store are left out."""
+        if not ids:
+            return []
+        include = ["documents", "metadatas"] + (["embeddings"] if embeddings else [])
+        found: dict[str, tuple[Chunk, np.ndarray | None]] = {}
+        page = self._page_size()
+        for begin in range(0, len(ids), page):
+            got = self.collection.get(ids=list(ids[begin : begin + page]), include=include)
+            vectors = got.get("embeddings") if embeddings else None
+            for i, chunk_id in enumerate(got["ids"]):
+                vector = np.asarray(vectors[i], dtype=np.float32) if vectors is not None else None
+                found[chunk_id] = (_chunk(chunk_id, got["documents"][i], got["metadatas"][i]), vector)
+        return [found[i] for i in ids if i in found]
+
+    def query(self, vector: np.ndarray, k: int, where: dict | None = None,
+              *, embeddings: bool = False) -> list[tuple[Chunk, float, np.ndarray | None]]:
+        """The k nearest chunks as (chunk, cosine similarity, vector?), best first."""
+        if k < 1 or self.count() == 0:
+            return []
+        include = ["documents", "metadatas", "distances"] + (["embeddings"] if embeddings else [])
+        try:
+            got = self.collection.query(query_embeddings=[vector.tolist()], n_results=k, where=where,
+                                        include=include)
+        except Exception as exc:  # noqa: BLE001 - a malformed filter is the user's input
+            raise StoreError(f"retrieval.where: Chroma rejected the filter {where!r}: {exc}") from None
+        vectors = got.get("embeddings")[0] if embeddings else None
+        return [
+            (
+                _chunk(chunk_id, text, metadata),
+                1.0 - float(distance),
+                np.asarray(vectors[i], dtype=np.float32) if vectors is not None else None,
+            )
+            for i, (chunk_id, text, metadata, distance) in enumerate(
+                zip(got["ids"][0], got["documents"][0], got["metadatas"][0], got["distances"][0])
+            )
+        ]
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        """Write in batches no larger than the client allows."""
+        page = self.client.get_max_batch_size()
+        for begin in range(0, len(chunks), page):
+            batch = chunks[begin : begin + page]
+            self.collection.upsert(
+                ids=[c.id for c in batch],
+                embeddings=vectors[begin : begin + page],
+                documents=[c.text for c in batch],
+                metadatas=[c.metadata for c in batch],
+            )
+
+    def update_metadata(self, ids: Sequence[str], metadatas: Sequence[dict[str, Any]]) -> None:
+        page = self.client.get_max_batch_size()
+        for begin in range(0, len(ids), page):
+            self.collection.update(ids=list(ids[begin : begin + page]), metadatas=list(metadatas[begin : begin + page]))
+
+    def delete(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        page = self.client.get_max_batch_size()
+        for begin in range(0, len(ids), page):
+            self.collection.delete(ids=ids[begin : begin + page])
+
+    # -- one writer at a time -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write_lock(self, *, wait: bool = True, timeout: float = 600.0, on_wait=None) -> Iterator[None]:
+        """An exclusive lock on the store for writers; readers never take it."""
+        folder = self.path if not self.url else Path(os.environ.get("RAG_LOCK_DIR", ".rag"))
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / f"{self.collection_name}.lock", "a+")  # noqa: SIM115 - held until exit
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise StoreError(
+                        f"store: another ingest is writing to {self.location}; wait for it, or drop --no-wait"
+                    ) from None
+                if on_wait:
+                    on_wait()
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise StoreError(
+                                f"store: still locked by another ingest after {timeout:.0f} s "
+                                "(store.lock_timeout)"
+                            ) from None
+                        time.sleep(0.2)
+            yield
+        finally:
+            handle.close()
+
+
+def _chunk(chunk_id: str, text: str, metadata: dict[str, Any] | None) -> Chunk:
+    metadata = dict(metadata or {})
+    return Chunk(
+        id=chunk_id,
+        document_id=str(metadata.get("document_id", "")),
+        text=text or "",
+        start=int(metadata.get("start", 0)),
+        end=int(metadata.get("end", len(text or ""))),
+        metadata=metadata,
+    )

@@ -1,0 +1,311 @@
+"""Chunking: offsets exact, every chunk fits the model, nothing lost, ids stable."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rag.chunking import STRATEGIES, Chunker, chunk_id
+from rag.errors import ConfigError, ModelError
+from rag.types import Document
+
+PARAGRAPHS = [
+    "Retrieval-augmented generation answers a question in two steps. First it looks up the passages "
+    "of your own documents that are most likely to hold the answer; then it asks a language model to "
+    "write the answer from those passages alone, citing them as it goes.",
+    "The lookup works on chunks, not whole files. A chunk must be small enough for the embedding model "
+    "to read in full, yet large enough to carry a complete thought. Cutting at paragraph breaks keeps "
+    "most thoughts whole; cutting at sentences or words is the fallback when a paragraph runs long.",
+    "Each chunk remembers where it came from: the document, the first and last character, and the "
+    "headers above it. That is what lets an answer point back to the exact lines it was drawn from, "
+    "and what lets a second ingestion of the same file skip everything that has not changed.",
+    "Tokens are counted with the embedding model's own tokenizer. Characters are a poor proxy: code, "
+    "URLs like https://example.org/a/very/long/path?with=query&and=more, numbers such as 3.14159 and "
+    "words in other scripts (Grüße, 東京, Ελληνικά) all tokenise at very different rates.",
+]
+PROSE = "\n\n".join(PARAGRAPHS * 4)
+
+MARKDOWN = """---
+title: "Guide"
+# not a header: front matter
+---
+
+Intro text before any header.
+
+# Install
+
+Install the package with your usual tool.
+
+## From PyPI
+
+Run the command below in a fresh virtual environment.
+
+```bash
+# not a header: a comment in a code block
+pip install rag
+```
+
+## From source
+
+Clone the repository and install it in editable mode.
+
+### Extras
+
+Optional extras pull in the benchmark tools.
+
+# Usage
+
+## Python API
+
+Build a pipeline, ingest a folder, then ask a question.
+
+```python
+from rag import Pipeline
+pipeline = Pipeline.from_config("configs/default.yaml")
+# Still code, not a header
+print(pipeline.ask("What is RAG?").text)
+```
+"""
+
+LONG_TOKENS = (
+    "supercalifragilisticexpialidocious" * 5
+    + " "
+    + "a" * 400
+    + "\n"
+    + "x1y2z3" * 80
+    + " 東京大学" * 60
+    + " " * 5
+    + "é" * 300
+)
+
+REPEATED = "\n\n".join(["The same paragraph appears again and again in this file."] * 40)
+
+TEXTS = {"prose": PROSE, "markdown": MARKDOWN, "long_tokens": LONG_TOKENS, "repeated": REPEATED}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(minilm_path))
+
+
+def check_invariants(chunker: Chunker, document: Document) -> list:
+    """The promises every strategy keeps, whatever the text."""
+    chunks = chunker.split(document)
+    text = document.text
+    covered = [False] * len(text)
+    previous = None
+    for index, chunk in enumerate(chunks):
+        assert text[chunk.start : chunk.end] == chunk.text
+        assert chunk.text.strip(), "empty or whitespace-only chunk"
+        assert chunker.count_tokens(chunk.text) <= chunker.limit
+        assert chunk.document_id == document.id
+        assert chunk.id == chunk_id(document.id, chunk.start, chunk.text)
+        assert chunk.metadata["chunk_index"] == index
+        assert (chunk.metadata["start"], chunk.metadata["end"]) == (chunk.start, chunk.end)
+        assert all(isinstance(v, (str, int, float, bool)) for v in chunk.metadata.values())
+        if previous is not None:
+            assert previous.start < chunk.start and previous.end < chunk.end, "chunks out of order"
+        previous = chunk
+        covered[chunk.start : chunk.end] = [True] * (chunk.end - chunk.start)
+    missing = [i for i, ch in enumerate(text) if not ch.isspace() and not covered[i]]
+    assert not missing, f"uncovered text at {missing[:5]}: {text[missing[0] : missing[0] + 20]!r}"
+    return chunks
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("name", sorted(TEXTS))
+@pytest.mark.parametrize(("size", "overlap"), [(256, 32), (40, 8), (8, 3)])
+def test_invariants_on_realistic_text(tokenizer, strategy, name, size, overlap):
+    chunker = Chunker(tokenizer, strategy=strategy, chunk_size=size, chunk_overlap=overlap)
+    chunks = check_invariants(chunker, Document("doc", TEXTS[name], {"source": f"{name}.md"}))
+    assert chunks
+    if name == "repeated":  # the same text at different places gets distinct positions and ids
+        assert len({c.id for c in chunks}) == len(chunks)
+
+
+WORDS = ["alpha", "beta", "Grüße", "東京", "x" * 120, "3.14", "def f(x):", "# Title", "## Sub", "```"]
+SPACES = [" ", "\n", "\n\n", "\t", "  \n"]
+structured_text = st.lists(
+    st.one_of(st.sampled_from(WORDS), st.sampled_from(SPACES), st.text(max_size=5)), max_size=120
+).map("".join)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(st.text(max_size=400), structured_text))
+def test_invariants_on_any_text(tokenizer, strategy, text):
+    chunker = Chunker(tokenizer, strategy=strategy, chunk_size=12, chunk_overlap=3)
+    check_invariants(chunker, Document("any", text, {}))
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=200))
+def test_count_tokens_matches_the_tokenizer(tokenizer, text):
+    chunker = Chunker(tokenizer)
+    assert chunker.count_tokens(text) == len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_count_tokens_is_not_truncated(tokenizer):
+    # MiniLM's tokenizer.json truncates and pads to 128; counting must see every token.
+    count = Chunker(tokenizer).count_tokens(PROSE)
+    assert count == len(tokenizer(PROSE, add_special_tokens=False)["input_ids"]) > 512
+
+
+def test_blank_documents_have_no_chunks(tokenizer):
+    for strategy in STRATEGIES:
+        chunker = Chunker(tokenizer, strategy=strategy)
+        assert chunker.split(Document("blank", "", {})) == []
+        assert chunker.split(Document("blank", " \n\n\t ", {})) == []
+
+
+def test_recursive_chunks_overlap_on_long_prose(tokenizer):
+    # Langchain overlaps the pieces of a paragraph it had to cut, not whole paragraphs, so the
+    # paragraphs here are longer than a chunk.
+    text = "\n\n".join([" ".join(PARAGRAPHS)] * 3)
+    chunker = Chunker(tokenizer, chunk_size=64, chunk_overlap=16)
+    chunks = chunker.split(Document("prose", text, {}))
+    assert len(chunks) > 8
+    overlaps = [prev.end - nxt.start for prev, nxt in zip(chunks, chunks[1:])]
+    assert sum(o > 0 for o in overlaps) >= len(overlaps) // 2
+    for prev, nxt in zip(chunks, chunks[1:]):
+        if nxt.start < prev.end:
+            assert 0 < chunker.count_tokens(text[nxt.start : prev.end]) <= 16 + 2
+
+
+def test_token_windows_are_full_and_overlap(tokenizer):
+    chunker = Chunker(tokenizer, strategy="token", chunk_size=50, chunk_overlap=10)
+    chunks = chunker.split(Document("prose", PROSE, {}))
+    assert all(chunker.count_tokens(c.text) == 50 for c in chunks[:-1])
+    assert all(nxt.start < prev.end for prev, nxt in zip(chunks, chunks[1:]))
+
+
+def test_limit_is_the_smaller_of_chunk_size_and_model_limit(tokenizer):
+    assert Chunker(tokenizer, chunk_size=256, max_tokens=510).limit == 256
+    assert Chunker(tokenizer, chunk_size=1000, max_tokens=510).limit == 510
+    assert Chunker(tokenizer, chunk_size=100).limit == 100
+    chunker = Chunker(tokenizer, chunk_size=100, chunk_overlap=10, max_tokens=510)
+    chunks = chunker.split(Document("prose", PROSE, {}))
+    assert len(chunks) > 3
+    assert max(chunker.count_tokens(c.text) for c in chunks) <= 100
+    assert max(chunker.count_tokens(c.text) for c in chunks) > 60  # chunks are filled, not tiny
+
+
+def test_markdown_headers_path(tokenizer):
+    chunker = Chunker(tokenizer, strategy="markdown", chunk_size=256, chunk_overlap=0)
+    chunks = check_invariants(chunker, Document("guide", MARKDOWN, {}))
+    headers = {c.metadata["headers"] for c in chunks}
+    assert headers == {
+        "",
+        "Install",
+        "Install > From PyPI",
+        "Install > From source",
+        "Install > From source > Extras",
+        "Usage > Python API",  # "# Usage" has nothing of its own, so it rides with its sub-section
+    }
+
+    def header_of(snippet: str) -> str:
+        return next(c.metadata["headers"] for c in chunks if snippet in c.text)
+
+    assert header_of("Intro text") == ""
+    assert header_of("pip install rag") == "Install > From PyPI"
+    assert header_of("# not a header: a comment") == "Install > From PyPI"
+    assert header_of("Optional extras") == "Install > From source > Extras"
+    assert header_of("print(pipeline.ask") == "Usage > Python API"
+    assert any(c.text.startswith("# Usage\n\n## Python API") for c in chunks)
+    section_heads = ["# Install\n", "## From PyPI\n", "## From source\n", "### Extras\n", "# Usage\n"]
+    for chunk in chunks:  # a section head may open a chunk, never sit inside one
+        assert not any("\n" + head in chunk.text for head in section_heads), chunk.text
+
+
+@pytest.mark.parametrize("strategy", ["recursive", "markdown"])
+def test_no_scraps_after_a_long_block(tokenizer, strategy):
+    # Langchain starts a new chunk after a block it had to cut; the chunker joins the tail back.
+    code = "\n".join(f"result_{i} = compute(value_{i}, factor={i})" for i in range(40))
+    rows = "\n".join(f"| **Name {i}** | `value-{i}` |" for i in range(30))
+    text = (
+        f"# Example\n\nSome text.\n\n```python\n{code}\n```\n\nAfter the code.\n\n"
+        f"## Table\n\n<div>\n\n{rows}\n\n</div>\n\n## Next\n\nMore."
+    )
+    chunker = Chunker(tokenizer, strategy=strategy, chunk_size=64, chunk_overlap=8)
+    chunks = check_invariants(chunker, Document("blocks", text, {}))
+    scraps = {"```", "After the code.", "<div>", "## Table\n\n<div>", "</div>"}
+    assert not [c.text for c in chunks if c.text in scraps]
+
+
+def test_other_strategies_have_no_headers_key(tokenizer):
+    for strategy in ("recursive", "token"):
+        chunks = Chunker(tokenizer, strategy=strategy).split(Document("guide", MARKDOWN, {}))
+        assert all("headers" not in c.metadata for c in chunks)
+
+
+def test_metadata_carries_the_document_metadata(tokenizer):
+    meta = {"source": "a.md", "format": "md", "page": 3, "score": 0.5, "draft": False, "missing": None}
+    chunks = Chunker(tokenizer, chunk_size=64, chunk_overlap=8).split(Document("doc", PROSE, meta))
+    assert chunks[1].metadata == {
+        "source": "a.md",
+        "format": "md",
+        "page": 3,
+        "score": 0.5,
+        "draft": False,
+        "chunk_index": 1,
+        "start": chunks[1].start,
+        "end": chunks[1].end,
+    }
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_ids_are_deterministic_and_local(tokenizer, strategy):
+    def split(text: str) -> list:
+        chunker = Chunker(tokenizer, strategy=strategy, chunk_size=64, chunk_overlap=8)  # fresh each run
+        return chunker.split(Document("doc", text, {}))
+
+    first = split(PROSE)
+    assert [c.id for c in first] == [c.id for c in split(PROSE)]
+
+    paragraphs = PROSE.split("\n\n")
+    changed_at = 9
+    paragraphs[changed_at] = "This paragraph was rewritten: it now says something else entirely, at length."
+    edited = "\n\n".join(paragraphs)
+    change_start = len("\n\n".join(paragraphs[:changed_at]))
+    old_before = [c.id for c in first if c.end <= change_start]
+    new_before = [c.id for c in split(edited) if c.end <= change_start]
+    assert len(old_before) > 3
+    # Only the chunk just before the edit may change (by taking in some of the edited text).
+    assert new_before == old_before[: len(new_before)]
+    assert len(new_before) >= len(old_before) - 1
+
+    other_doc = Chunker(tokenizer, strategy=strategy).split(Document("other", PROSE, {}))
+    assert not {c.id for c in other_doc} & {c.id for c in first}
+
+
+def test_chunk_id_shape():
+    assert chunk_id("d", 0, "text") == chunk_id("d", 0, "text")
+    assert len(chunk_id("d", 0, "text")) == 32
+    variants = [("d", 0, "text"), ("d", 1, "text"), ("e", 0, "text"), ("d", 0, "txt")]
+    assert len({chunk_id(*v) for v in variants}) == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"strategy": "semantic"}, "chunking.strategy"),
+        ({"chunk_size": 0}, "chunking.chunk_size"),
+        ({"chunk_overlap": -1}, "chunking.chunk_overlap"),
+        ({"chunk_size": 32, "chunk_overlap": 32}, "chunking.chunk_overlap"),
+        ({"chunk_size": 512, "chunk_overlap": 200, "max_tokens": 128}, "chunking.chunk_overlap"),
+    ],
+)
+def test_bad_settings_name_the_key(tokenizer, kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        Chunker(tokenizer, **kwargs)
+
+
+def test_a_slow_tokenizer_is_refused():
+    class SlowTokenizer:
+        is_fast = False
+
+    with pytest.raises(ModelError, match="fast tokenizer"):
+        Chunker(SlowTokenizer())

@@ -1,0 +1,264 @@
+"""LexicalIndex: BM25 ranking, id-keyed updates, crash-safe persistence."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rag.errors import ConfigError
+from rag.lexical import MANIFEST, LexicalIndex
+
+DOCS = [
+    ("a", "The quick brown fox jumps over the lazy dog"),
+    ("b", "A lazy afternoon in the garden with tea"),
+    ("c", "Photosynthesis converts sunlight into chemical energy"),
+    ("d", "The dog barked at the mailman all morning"),
+    ("e", "Runners run every morning before work"),
+]
+
+
+def build(tmp_path: Path, docs=DOCS, state: str = "s1", **kwargs) -> LexicalIndex:
+    index = LexicalIndex(tmp_path / "bm25", **kwargs)
+    index.rebuild(docs, state=state)
+    return index
+
+
+def ids_of(hits: list[tuple[str, float]]) -> list[str]:
+    return [cid for cid, _ in hits]
+
+
+QUERIES = ["lazy dog", "morning", "photosynthesis energy", "garden tea fox", "running", "no match"]
+
+
+def test_unique_words_find_their_document_alone(tmp_path):
+    index = build(tmp_path)
+    assert ids_of(index.search("photosynthesis sunlight", 5)) == ["c"]
+    hits = index.search("fox jumps", 5)
+    assert ids_of(hits) == ["a"]
+    # A query word shared with other documents still ranks the unique match first.
+    assert index.search("fox lazy", 5)[0][0] == "a"
+
+
+def test_scores_positive_descending_and_k_respected(tmp_path):
+    index = build(tmp_path)
+    hits = index.search("lazy dog morning", 10)
+    assert set(ids_of(hits)) == {"a", "b", "d", "e"}  # c shares no term, so it is not returned
+    scores = [score for _, score in hits]
+    assert all(score > 0 for score in scores)
+    assert scores == sorted(scores, reverse=True)
+    assert index.search("lazy dog morning", 2) == hits[:2]
+    assert index.search("lazy dog", 0) == []
+
+
+def test_ties_are_ordered_by_id(tmp_path):
+    docs = [("z", "apple banana"), ("m", "apple banana"), ("a", "apple banana"), ("q", "cherry")]
+    index = build(tmp_path, docs)
+    hits = index.search("apple", 10)
+    assert ids_of(hits) == ["a", "m", "z"]
+    assert len({score for _, score in hits}) == 1
+    assert ids_of(index.search("apple", 2)) == ["a", "m"]  # the cut keeps the lowest ids
+
+
+def test_allowed_ids_restricts_but_still_fills_k(tmp_path):
+    index = build(tmp_path)
+    best = ids_of(index.search("lazy dog morning", 10))
+    allowed = set(best[2:]) | {"c", "unknown"}
+    hits = index.search("lazy dog morning", 2, allowed_ids=allowed)
+    assert ids_of(hits) == best[2:4]
+    assert index.search("lazy dog", 5, allowed_ids=set()) == []
+    assert index.search("photosynthesis", 5, allowed_ids={"a", "b"}) == []
+
+
+def test_stemming_and_stopwords(tmp_path):
+    index = build(tmp_path)
+    assert ids_of(index.search("running", 5)) == ["e"]  # "running" and "run" both stem to "run"
+    assert index.search("The a IN with of", 5) == []  # only stopwords (bm25s's short English list)
+    assert index.search("", 5) == []
+    assert index.search("   !!! ", 5) == []
+    plain = build(tmp_path / "plain", stemmer=None, stopwords=None)
+    assert plain.search("running", 5) == []  # no stemming: "running" is not "run"
+    assert "d" in ids_of(plain.search("the", 5))  # no stopwords: "the" is a term
+
+
+def test_empty_index(tmp_path):
+    index = LexicalIndex(tmp_path / "bm25")
+    assert index.search("anything", 5) == []
+    assert len(index) == 0 and index.ids == set() and index.state is None
+    index.rebuild([], state="empty")
+    assert index.search("anything", 5) == []
+    index.rebuild([("x", "the of and")], state="stop")  # chunks with no terms at all
+    assert index.search("the", 5) == [] and index.ids == {"x"}
+
+
+def test_update_upsert_replace_delete(tmp_path):
+    index = build(tmp_path)
+    assert index.ids == {"a", "b", "c", "d", "e"}
+
+    index.update(upserts=[("f", "Volcanoes erupt molten lava")], state="s2")
+    assert index.ids == {"a", "b", "c", "d", "e", "f"}
+    assert ids_of(index.search("lava", 5)) == ["f"]
+
+    index.update(upserts=[("f", "Glaciers carve valleys slowly")], state="s3")
+    assert index.ids == {"a", "b", "c", "d", "e", "f"} and len(index) == 6
+    assert index.search("lava", 5) == []  # the old text is gone
+    assert ids_of(index.search("glaciers", 5)) == ["f"]
+
+    index.update(deletes=["c", "missing"], state="s4")
+    assert index.ids == {"a", "b", "d", "e", "f"}
+    assert index.search("photosynthesis", 5) == []
+
+    index.update(upserts=[("c", "photosynthesis again")], deletes=["c"], state="s5")
+    assert "c" in index.ids  # deletes apply before upserts
+    assert index.state == "s5"
+
+
+def test_updates_match_a_fresh_rebuild(tmp_path):
+    index = build(tmp_path)
+    upserts = [("f", "lazy lava"), ("a", "dog days of summer")]
+    index.update(upserts=upserts, deletes=["b"], state="s2")
+    final = dict(DOCS) | {"f": "lazy lava", "a": "dog days of summer"}
+    del final["b"]
+    fresh = build(tmp_path / "fresh", list(final.items()))
+    for query in QUERIES + ["lava", "summer dog"]:
+        assert index.search(query, 10) == fresh.search(query, 10)
+
+
+def test_round_trip(tmp_path):
+    index = build(tmp_path, state="collection-v7")
+    reloaded = LexicalIndex(tmp_path / "bm25")
+    assert reloaded.state is None
+    assert reloaded.load() is True
+    assert reloaded.state == "collection-v7"
+    assert reloaded.ids == index.ids and len(reloaded) == len(index)
+    for query in QUERIES:
+        assert reloaded.search(query, 10) == index.search(query, 10)
+        allowed = {"a", "d"}
+        assert reloaded.search(query, 10, allowed) == index.search(query, 10, allowed)
+
+    # Updating a loaded index behaves like updating the original; the state moves with it.
+    for ix in (index, reloaded):
+        ix.update(upserts=[("g", "lazy garden gnome")], deletes=["a"], state="collection-v8")
+    again = LexicalIndex(tmp_path / "bm25")
+    assert again.load() and again.state == "collection-v8"
+    for query in QUERIES + ["gnome"]:
+        assert again.search(query, 10) == index.search(query, 10)
+
+
+def test_state_only_update_keeps_data(tmp_path):
+    index = build(tmp_path)
+    index.update(state="s9")
+    reloaded = LexicalIndex(tmp_path / "bm25")
+    assert reloaded.load() and reloaded.state == "s9" and reloaded.ids == index.ids
+    reloaded.update(state="s10")
+    assert reloaded.search("lazy dog", 5) == index.search("lazy dog", 5)
+
+
+def test_load_false_when_missing_or_corrupt(tmp_path):
+    assert LexicalIndex(tmp_path / "nowhere").load() is False
+    folder = tmp_path / "bm25"
+    build(tmp_path)
+    (folder / MANIFEST).write_text('{"format": 1, "settings": ', encoding="utf-8")
+    assert LexicalIndex(folder).load() is False
+    (folder / MANIFEST).write_text("[1, 2]", encoding="utf-8")
+    assert LexicalIndex(folder).load() is False
+
+
+def test_load_false_when_data_file_damaged(tmp_path):
+    folder = tmp_path / "bm25"
+    build(tmp_path)
+    tokens = next(folder.glob("tokens.*.npy"))
+    tokens.write_bytes(tokens.read_bytes()[:-8])
+    assert LexicalIndex(folder).load() is False
+    build(tmp_path)
+    next(folder.glob("ids.*.json")).unlink()
+    assert LexicalIndex(folder).load() is False
+
+
+@pytest.mark.parametrize(
+    "other",
+    [{"stemmer": None}, {"stemmer": "french"}, {"stopwords": None}, {"k1": 1.2}, {"b": 0.5}],
+)
+def test_load_false_with_other_settings(tmp_path, other):
+    build(tmp_path)
+    assert LexicalIndex(tmp_path / "bm25", **other).load() is False
+    assert LexicalIndex(tmp_path / "bm25").load() is True
+
+
+def test_unknown_stemmer_or_stopwords_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="stemmer"):
+        LexicalIndex(tmp_path, stemmer="klingon")
+    with pytest.raises(ConfigError, match="stopwords"):
+        LexicalIndex(tmp_path, stopwords="klingon")
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3, 4, 5])
+def test_crash_during_save_keeps_previous_index(tmp_path, monkeypatch, fail_at):
+    folder = tmp_path / "bm25"
+    old = build(tmp_path, state="old")
+    expected = {query: old.search(query, 10) for query in QUERIES}
+
+    real_replace = os.replace
+    calls = []
+
+    def crashing_replace(src, dst):
+        calls.append(dst)
+        if len(calls) >= fail_at:
+            raise OSError("simulated crash")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crashing_replace)
+    with pytest.raises(OSError, match="simulated crash"):
+        upserts = [("a", "completely new words here"), ("n", "lazy newcomer")]
+        old.update(upserts=upserts, deletes=["d"], state="new")
+    monkeypatch.setattr(os, "replace", real_replace)
+
+    reloaded = LexicalIndex(folder)
+    assert reloaded.load() is True
+    assert reloaded.state == "old"
+    assert reloaded.ids == {cid for cid, _ in DOCS}
+    assert {query: reloaded.search(query, 10) for query in QUERIES} == expected
+
+    # The next successful save clears what the crashed one left behind.
+    reloaded.update(upserts=[("n", "lazy newcomer")], state="after")
+    left = sorted(path.name.split(".")[0] for path in folder.iterdir())
+    assert left == ["bm25s", "ids", "manifest", "offsets", "tokens"]
+    final = LexicalIndex(folder)
+    assert final.load() and final.state == "after" and "n" in final.ids
+
+
+WORDS = ["apple", "banana", "cherry", "date", "elder", "fig", "grape", "the", "running", "runs"]
+texts = st.lists(st.sampled_from(WORDS), max_size=6).map(" ".join)
+chunk_ids = st.sampled_from(["c1", "c2", "c3", "c4", "c5"])
+steps = st.lists(
+    st.tuples(st.lists(st.tuples(chunk_ids, texts), max_size=3), st.lists(chunk_ids, max_size=2)),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=steps)
+def test_any_update_sequence_equals_rebuild_and_survives_reload(tmp_path_factory, steps):
+    folder = tmp_path_factory.mktemp("prop")
+    index = LexicalIndex(folder / "inc")
+    index.rebuild([], state="0")
+    expected: dict[str, str] = {}
+    for n, (upserts, deletes) in enumerate(steps, start=1):
+        index.update(upserts=upserts, deletes=deletes, state=str(n))
+        for cid in deletes:
+            expected.pop(cid, None)
+        expected.update(dict(upserts))
+        assert index.ids == set(expected)
+    fresh = LexicalIndex(folder / "fresh")
+    fresh.rebuild(expected.items(), state="x")
+    reloaded = LexicalIndex(folder / "inc")
+    assert reloaded.load() and reloaded.state == str(len(steps))
+    for query in ["apple", "banana cherry", "run", "fig grape date", "the"]:
+        hits = index.search(query, 3)
+        assert hits == fresh.search(query, 3) == reloaded.search(query, 3)
