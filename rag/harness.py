@@ -69,11 +69,11 @@ def evaluate_retrieval(pipeline: Pipeline, corpus: str | Path, queries: str | Pa
                     "content_hash": hashlib.sha256(body.encode()).hexdigest(),
                 })
 
-    ingest = pipeline.ingest_documents(documents())
-    log(f"corpus: {ingest.summary()}")
     judged = [q for q in query_texts if q in judgements]
     if not judged:
         raise ConfigError(f"{qrels}: no query id in it matches one in {queries}")
+    ingest = pipeline.ingest_documents(documents())
+    log(f"corpus: {ingest.summary()}")
     mode = mode or pipeline.settings.retrieval.mode
     run: dict[str, dict[str, float]] = {}
     latencies: list[float] = []
