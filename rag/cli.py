@@ -94,10 +94,9 @@ def _emit_json(data: Any) -> None:
 
 def _where(metadata: dict[str, Any]) -> str:
     source = str(metadata.get("source", "?"))
-    try:
-        source = os.path.relpath(source)
-    except ValueError:
-        pass
+    cwd = os.getcwd().rstrip("/") + "/"
+    if source.startswith(cwd):
+        source = source[len(cwd):]
     return f"{source} (p. {metadata['page']})" if metadata.get("page") else source
 
 

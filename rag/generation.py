@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rag.hub import locate
 from rag.errors import ConfigError, GenerationError, ModelError
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -175,14 +176,8 @@ class Generator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         name = self.model_name
-        local = Path(name).expanduser()
-        looks_local = local.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-        if looks_local and not local.is_dir():
-            raise ModelError(
-                f"generator model folder {name} does not exist; point generation.model at a folder "
-                "holding a saved model, or at a Hugging Face model id"
-            )
-        source = str(local) if looks_local else name
+        source = locate(name, "generation.model")
+        looks_local = Path(source).is_dir()
         device = pick_device(self.device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code)
@@ -198,7 +193,7 @@ class Generator:
                     "point generation.model at a local model folder, or go online once so it can be "
                     "downloaded into the Hugging Face cache"
                 )
-            raise ModelError(f"cannot load generator model {name!r}: {hint} ({reason})") from exc
+            raise ModelError(f"generation.model: cannot load {name!r}: {hint} ({reason})") from None
         model.to(device)
         model.eval()
         # Lengths come from max_new_tokens alone; a max_length saved with the model would only make

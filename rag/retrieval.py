@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rag.errors import ConfigError, ModelError
+from rag.hub import locate
 from rag.types import Chunk, Hit
 
 MODES = ("dense", "lexical", "hybrid")
@@ -94,10 +95,11 @@ class Reranker:
             device = self.device
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
+            source = locate(self.model_name, "rerank.model")
             try:
-                tokenizer = AutoTokenizer.from_pretrained(self.model_name, trust_remote_code=self.trust_remote_code)
+                tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code)
                 model = AutoModelForSequenceClassification.from_pretrained(
-                    self.model_name, trust_remote_code=self.trust_remote_code
+                    source, trust_remote_code=self.trust_remote_code
                 )
             except Exception as exc:  # noqa: BLE001
                 raise ModelError(

@@ -1,0 +1,53 @@
+"""Where a model's files are: a local folder, the Hugging Face cache, or the Hub.
+
+Shared by every stage that loads a model. A model already on disk is loaded from disk without any
+network request; a model that must be downloaded fails fast with one clear line when the Hub cannot
+be reached, instead of minutes of retries.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from rag.errors import ModelError
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def locate(model: str, setting: str) -> str:
+    """A local folder for ``model`` when one exists (given, or cached), else the hub id to download.
+
+    ``setting`` names the config key (e.g. ``generation.model``) for the error message."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
+        raise ModelError(f"{setting}: folder {model} does not exist; point it at a saved model folder or a hub id")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(model, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or not a valid id): decided below
+        pass
+    if _offline():
+        raise ModelError(f"{setting}: {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                         "point it at a local model folder, or unset HF_HUB_OFFLINE once to download it")
+    if not _hub_reachable():
+        raise ModelError(f"{setting}: {model!r} is not on this machine and the Hugging Face Hub cannot be reached; "
+                         "point it at a local model folder, or run once with network access to download it")
+    return model
