@@ -63,11 +63,11 @@ class LexicalSettings(Section):
 
 
 class RetrievalSettings(Section):
-    mode: Literal["dense", "lexical", "hybrid"] = "dense"
+    mode: Literal["dense", "lexical", "hybrid"] = "hybrid"
     k: int = Field(default=5, ge=1)
     score_threshold: float | None = None
     where: dict[str, Any] | None = None
-    fusion: Literal["rrf", "weighted"] = "rrf"
+    fusion: Literal["rrf", "weighted"] = "weighted"
     rrf_k: int = Field(default=60, ge=1)
     dense_weight: float = Field(default=0.5, ge=0, le=1)
     fetch_k: int = Field(default=100, ge=1)

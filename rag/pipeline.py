@@ -141,7 +141,7 @@ class Pipeline:
         self._lexical: LexicalIndex | None = None
         self._generator: Generator | None = None
         self._prompt: PromptBuilder | None = None
-        self._reranker: Reranker | None = None
+        self._retriever: Retriever | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path | None, *, sets: list[str] | None = None, **overrides: Any) -> Pipeline:
@@ -407,22 +407,27 @@ class Pipeline:
     # -- questions ------------------------------------------------------------------------------
 
     def retriever(self, mode: str | None = None) -> Retriever:
+        """The retriever for ``mode``, built once; the lexical index is checked against the store
+        on every call, so an ingest by another process is seen at once."""
         s = self.settings.retrieval
         mode = mode or s.mode
         store = self._open_store(create=False)
-        if self.settings.rerank.model and self._reranker is None:
+        lexical = self._fresh_lexical() if mode in ("lexical", "hybrid") else None
+        if self._retriever is None:
             r = self.settings.rerank
-            self._reranker = Reranker(r.model, device=r.device, batch_size=r.batch_size,
-                                      trust_remote_code=r.trust_remote_code)
-        return Retriever(
-            store=store,
-            embed_query=lambda text: self.embedder.embed_queries([text])[0],
-            lexical=self._fresh_lexical() if mode in ("lexical", "hybrid") else None,
-            reranker=self._reranker,
-            mode=mode, k=s.k, fetch_k=s.fetch_k, fusion=s.fusion, rrf_k=s.rrf_k, dense_weight=s.dense_weight,
-            score_threshold=s.score_threshold, where=s.where, use_mmr=s.mmr, mmr_lambda=s.mmr_lambda,
-            rerank_top_n=self.settings.rerank.top_n,
-        )
+            reranker = Reranker(r.model, device=r.device, batch_size=r.batch_size,
+                                trust_remote_code=r.trust_remote_code) if r.model else None
+            self._retriever = Retriever(
+                store=store,
+                embed_query=lambda text: self.embedder.embed_queries([text])[0],
+                reranker=reranker,
+                mode=s.mode, k=s.k, fetch_k=s.fetch_k, fusion=s.fusion, rrf_k=s.rrf_k, dense_weight=s.dense_weight,
+                score_threshold=s.score_threshold, where=s.where, use_mmr=s.mmr, mmr_lambda=s.mmr_lambda,
+                rerank_top_n=r.top_n,
+            )
+        if lexical is not None:
+            self._retriever.lexical = lexical
+        return self._retriever
 
     def search(self, query: str, k: int | None = None, *, mode: str | None = None,
                where: dict | None = None) -> list[Hit]:

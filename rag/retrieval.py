@@ -162,12 +162,15 @@ class Retriever:
         # Each retriever's own view: id -> (score, rank), and what we know of each chunk.
         chunks: dict[str, Chunk] = {}
         vectors: dict[str, np.ndarray] = {}
+        cosine: dict[str, float] = {}
         per: dict[str, dict[str, tuple[float, int]]] = {}
         if mode in ("dense", "hybrid"):
-            found = self.store.query(query, depth, where, embeddings=True)
+            found = self.store.query(query, depth, where, embeddings=self.use_mmr)
             per["dense"] = {c.id: (score, rank) for rank, (c, score, _) in enumerate(found, start=1)}
-            for chunk, _, vector in found:
-                chunks[chunk.id], vectors[chunk.id] = chunk, vector
+            for chunk, score, vector in found:
+                chunks[chunk.id], cosine[chunk.id] = chunk, score
+                if vector is not None:
+                    vectors[chunk.id] = vector
         if mode in ("lexical", "hybrid"):
             allowed = {i for i, _ in self.store.iter_metadata(where)} if where else None
             found_lex = self.lexical.search(question, depth, allowed)
@@ -183,26 +186,27 @@ class Retriever:
         else:
             ranked = sorted(((i, s) for i, (s, _) in per[mode].items()), key=lambda item: (-item[1], item[0]))
 
-        missing = [i for i, _ in ranked if i not in chunks]
-        for chunk, vector in self.store.get(missing, embeddings=True):
-            chunks[chunk.id], vectors[chunk.id] = chunk, vector
-        ranked = [(i, s) for i, s in ranked if i in chunks]  # a stale lexical id is never shown
-        cosine = {i: float(vectors[i] @ query) for i, _ in ranked}
+        def complete(ids: list[str], with_vectors: bool) -> None:
+            """Fetch what the lexical side did not give: the chunk, its vector, its cosine."""
+            wanted = [i for i in ids if i not in chunks or (with_vectors and i not in vectors)]
+            for chunk, vector in self.store.get(wanted, embeddings=True):
+                chunks[chunk.id], vectors[chunk.id] = chunk, vector
+                cosine[chunk.id] = float(vector @ query)
+
+        # The threshold and MMR look at every candidate; otherwise only the hits shown are completed.
+        head = len(ranked) if (self.score_threshold is not None or self.use_mmr) else max(k, self._rerank_depth(k))
+        complete([i for i, _ in ranked[:head]], with_vectors=self.use_mmr)
+        ranked = [(i, s) for i, s in ranked[:head] if i in chunks]  # a stale lexical id is never shown
         if self.score_threshold is not None:
             ranked = [(i, s) for i, s in ranked if cosine[i] >= self.score_threshold]
-
         if self.use_mmr and ranked:
-            ids = [i for i, _ in ranked]
-            picked = mmr(query, np.stack([vectors[i] for i in ids]), len(ids), self.mmr_lambda)
+            picked = mmr(query, np.stack([vectors[i] for i, _ in ranked]), len(ranked), self.mmr_lambda)
             ranked = [ranked[p] for p in picked]
         if self.reranker is not None and ranked:
-            head = ranked[: max(k, self.rerank_top_n)]
-            rerank_scores = self.reranker.score(question, [chunks[i].text for i, _ in head])
-            for (i, _), score in zip(head, rerank_scores):
-                per.setdefault("rerank", {})[i] = (score, 0)
-            ranked = sorted(((i, s) for (i, _), s in zip(head, rerank_scores)), key=lambda item: (-item[1], item[0]))
-            for rank, (i, _) in enumerate(ranked, start=1):
-                per["rerank"][i] = (per["rerank"][i][0], rank)
+            top = ranked[: self._rerank_depth(k)]
+            rerank_scores = self.reranker.score(question, [chunks[i].text for i, _ in top])
+            ranked = sorted(((i, s) for (i, _), s in zip(top, rerank_scores)), key=lambda item: (-item[1], item[0]))
+            per["rerank"] = {i: (s, rank) for rank, (i, s) in enumerate(ranked, start=1)}
 
         hits = []
         for rank, (chunk_id, score) in enumerate(ranked[:k], start=1):
@@ -211,3 +215,6 @@ class Retriever:
             ranks = {name: ids[chunk_id][1] for name, ids in per.items() if chunk_id in ids}
             hits.append(Hit(chunk=chunks[chunk_id], score=float(score), rank=rank, scores=scores, ranks=ranks))
         return hits
+
+    def _rerank_depth(self, k: int) -> int:
+        return max(k, self.rerank_top_n) if self.reranker is not None else k

@@ -54,7 +54,7 @@ def test_eval_retrieval(beir, tmp_path, minilm_path, capsys, mode):
     assert metrics["recall@5"] == 1.0 and metrics["mrr@10"] == 1.0  # each query's document is found first
     assert metrics["ndcg@10"] == pytest.approx(1.0)
     assert {"p50", "p95"} == result["latency_ms"].keys()
-    assert result["config"]["retrieval"]["mode"] == "dense"  # the effective config, the CLI mode beside it
+    assert result["config"]["retrieval"]["mode"] == "hybrid"  # the effective config, the CLI mode beside it
     assert result["mode"] == mode
     per_query = [json.loads(line) for line in (tmp_path / "out" / "per_query.jsonl").read_text().splitlines()]
     assert [row["query_id"] for row in per_query] == ["q1", "q2", "q3"]

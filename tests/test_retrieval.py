@@ -100,12 +100,16 @@ def test_unique_words_are_found_first(tmp_path, config):
 
 def test_hybrid_hits_report_every_retriever(tmp_path, config):
     Pipeline.from_config(config).ingest([make_folder(tmp_path / "docs", PROSE)])
-    hits = Pipeline.from_config(config).search("helium cooled telescope mirrors", k=3, mode="hybrid")
-    top = hits[0]
+    rrf_hits = Pipeline.from_config({**config, "retrieval": {"fusion": "rrf"}}).search(
+        "helium cooled telescope mirrors", k=3, mode="hybrid")
+    top = rrf_hits[0]
     assert top.chunk.metadata["source"].endswith("beta.txt")
     assert {"dense", "lexical"} <= top.scores.keys() and {"dense", "lexical"} <= top.ranks.keys()
     assert top.score == pytest.approx(1 / (60 + top.ranks["dense"]) + 1 / (60 + top.ranks["lexical"]))
-    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert [h.score for h in rrf_hits] == sorted((h.score for h in rrf_hits), reverse=True)
+    weighted_hits = Pipeline.from_config(config).search("helium cooled telescope mirrors", k=3)  # the default
+    assert weighted_hits[0].chunk.id == top.chunk.id
+    assert all(0.0 <= h.score <= 1.0 for h in weighted_hits)
 
 
 def test_filters_and_threshold(tmp_path, config):
@@ -128,7 +132,7 @@ def test_reranker_mechanics(tmp_path, config, minilm_path):
     BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1,
                                              num_attention_heads=2, intermediate_size=64, num_labels=1)).save_pretrained(folder)
     Pipeline.from_config(config).ingest([make_folder(tmp_path / "docs", PROSE)])
-    plain = Pipeline.from_config(config).search("reactor", k=3)
+    plain = Pipeline.from_config(config).search("reactor", k=3, mode="dense")
     reranked = Pipeline.from_config({**config, "rerank": {"model": str(folder), "top_n": 5}}).search("reactor", k=3)
     assert len(reranked) == 3
     assert all("rerank" in h.scores and "dense" in h.scores for h in reranked)

@@ -1,9 +1,11 @@
 """Ingestion throughput: rag's Pipeline against LangChain's standard pipeline and the bare model.
 
-Full-size run (from the repository root, after ``pip install -e ".[bench]"``; about 25 minutes on a
-2-core CPU machine, see the closing note of issue 6):
+Full-size run (from the repository root, after ``pip install -e ".[bench]"``; about 30 minutes on a
+quiet 2-core CPU machine: some 17 for the two rounds, 12 for the 1x/4x memory check):
 
     python examples/benchmarks/ingest.py ../shared/data/docs-haystack --rounds 2 --scale 4
+
+The two parts can also run apart: ``--rounds 2`` alone, and ``--rounds 0 --scale 4`` for memory only.
 
 Smoke test (a minute or two):
 
@@ -88,6 +90,18 @@ def _count_tokens(tokenizer, texts: list[str]) -> int:
     return total
 
 
+def _preload(*, chroma: bool) -> None:
+    """Import, before any clock starts, what the contenders would otherwise import lazily inside it:
+    Chroma and the model's transformers class (transformers loads model modules on first use)."""
+    import transformers
+
+    if chroma:
+        import chromadb  # noqa: F401
+    config = transformers.AutoConfig.from_pretrained(_model_path())
+    for architecture in config.architectures or []:
+        getattr(transformers, architecture, None)
+
+
 def _emit(result: dict) -> None:
     print(RESULT_TAG + json.dumps(result), flush=True)
 
@@ -103,6 +117,7 @@ def _child_rag(args: argparse.Namespace) -> dict:
     if args.device:
         overrides["embedding.device"] = args.device
     settings = load_settings(None, overrides)
+    _preload(chroma=True)
     imported = time.perf_counter()
     rss_ready = _rss_mb()
 
@@ -131,7 +146,7 @@ def _child_rag(args: argparse.Namespace) -> dict:
         "tokens": _count_tokens(pipeline.embedder.tokenizer, texts),
         "peak_rss_mb": peak,
         "rss_after_imports_mb": rss_ready,
-        "import_s": imported - args.t0,
+        "setup_s": imported - args.t0,
         "failed_files": report.failed,
         "reingest_s": reingest,
         "reingest_embedded": second.chunks_embedded,
@@ -152,10 +167,13 @@ def _child_langchain(args: argparse.Namespace) -> dict:
     from langchain_text_splitters import RecursiveCharacterTextSplitter
     from transformers import AutoTokenizer
 
+    import sentence_transformers  # noqa: F401 - imported by HuggingFaceEmbeddings() otherwise
+
     from rag.embedding import pick_device
 
     model = _model_path()
     device = pick_device(args.device or "auto")
+    _preload(chroma=True)
     imported = time.perf_counter()
     rss_ready = _rss_mb()
 
@@ -183,7 +201,7 @@ def _child_langchain(args: argparse.Namespace) -> dict:
         "tokens": _count_tokens(tokenizer, [c.page_content for c in chunks]),
         "peak_rss_mb": peak,
         "rss_after_imports_mb": rss_ready,
-        "import_s": imported - args.t0,
+        "setup_s": imported - args.t0,
         "device": device,
         "torch_threads": torch.get_num_threads(),
     }
@@ -214,6 +232,7 @@ def _child_bare(args: argparse.Namespace) -> dict:
     model_path, max_length = embedder.path, embedder.max_length
     device = embedder.device if not args.device else args.device
     del pipeline, embedder, chunker
+    _preload(chroma=False)
     imported = time.perf_counter()
     rss_ready = _rss_mb()
 
@@ -250,7 +269,7 @@ def _child_bare(args: argparse.Namespace) -> dict:
         "tokens": _count_tokens(tokenizer, texts),
         "peak_rss_mb": peak,
         "rss_after_imports_mb": rss_ready,
-        "import_s": imported - args.t0,
+        "setup_s": imported - args.t0,
         "device": device,
         "torch_threads": torch.get_num_threads(),
     }
@@ -349,7 +368,7 @@ def _summary(runs: list[dict]) -> dict:
         if not mine:
             continue
         entry = {key: statistics.median(r[key] for r in mine)
-                 for key in ("seconds", "peak_rss_mb", "rss_after_imports_mb", "import_s")}
+                 for key in ("seconds", "peak_rss_mb", "rss_after_imports_mb", "setup_s")}
         for key in ("files", "documents", "chunks", "tokens"):
             entry[key] = mine[0][key]
         rates = [_rates(r) for r in mine]
@@ -380,6 +399,21 @@ def _machine(args: argparse.Namespace) -> dict:
 
 def _print_table(data: dict) -> None:
     summary = data["summary"]
+    if not summary:
+        print(f"corpus: {data['corpus']['folder']} ({data['corpus']['files']} files)")
+    else:
+        _print_comparison(data)
+    if data.get("scale"):
+        s = data["scale"]
+        print(f"scale: peak RSS of rag ingest {s['peak_rss_mb_1x']:.0f} MB at 1x ({s['chunks_1x']} chunks), "
+              f"{s['peak_rss_mb_kx']:.0f} MB at {s['factor']}x ({s['chunks_kx']} chunks): "
+              f"{s['rise_pct']:+.1f}% (target < 10%); chunks/s {s['chunks_per_s_1x']:.2f} vs {s['chunks_per_s_kx']:.2f}")
+    for note in data["notes"]:
+        print(f"note: {note}")
+
+
+def _print_comparison(data: dict) -> None:
+    summary = data["summary"]
     print(f"corpus: {data['corpus']['folder']} ({data['corpus']['files']} files; "
           f"{data['rounds']} round(s), medians shown)")
     header = f"{'contender':<10} {'seconds':>9} {'docs/s':>8} {'chunks/s':>9} {'tokens/s':>9} " \
@@ -400,13 +434,6 @@ def _print_table(data: dict) -> None:
         if data.get("reingest_cli_s") is not None:
             print(f"re-ingest as `rag ingest` in a new process (startup and imports included): "
                   f"{data['reingest_cli_s']:.2f} s")
-    if data.get("scale"):
-        s = data["scale"]
-        print(f"scale: peak RSS of rag ingest {s['peak_rss_mb_1x']:.0f} MB at 1x ({s['chunks_1x']} chunks), "
-              f"{s['peak_rss_mb_kx']:.0f} MB at {s['factor']}x ({s['chunks_kx']} chunks): "
-              f"{s['rise_pct']:+.1f}% (target < 10%); chunks/s {s['chunks_per_s_1x']:.2f} vs {s['chunks_per_s_kx']:.2f}")
-    for note in data["notes"]:
-        print(f"note: {note}")
 
 
 def parent_main(args: argparse.Namespace) -> None:
@@ -478,7 +505,7 @@ def parent_main(args: argparse.Namespace) -> None:
         "LangChain's splitter counts tokens without [CLS]/[SEP], so its 256-token chunks are truncated by "
         "2 tokens at encoding; rag caps chunks at what the model sees (254 + 2)",
         "each contender ran in a fresh process; seconds cover model loading through the last vector "
-        "written; imports are excluded (import_s); bare excludes loading and chunking (done before)",
+        "written; imports (and for bare, loading and chunking) are excluded (setup_s)",
     ]
     if others:
         notes.append(f"{others} files of other formats under the folder were left out (not plain text)")
@@ -505,7 +532,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="folder of documents (its .md/.mdx/.txt files are used)")
-    parser.add_argument("--rounds", type=int, default=1, help="rounds of all contenders, order alternating (1)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of all contenders, order alternating (1; 0 with --scale: memory check only)")
     parser.add_argument("--limit-files", type=int, default=0, help="use only the first N files (sorted)")
     parser.add_argument("--scale", type=int, default=0, help="also compare rag's peak RSS at 1x and Kx the corpus")
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of rag,langchain,bare")
