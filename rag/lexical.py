@@ -118,15 +118,17 @@ class LexicalIndex:
         self._files = dict(files)
         return True
 
-    def rebuild(self, items: Iterable[tuple[str, str]], state: str) -> None:
-        """Replace everything with ``items`` (a repeated id keeps its last text), then save."""
+    def rebuild(self, items: Iterable[tuple[str, str]], state: str, *, save: bool = True) -> None:
+        """Replace everything with ``items`` (a repeated id keeps its last text), then save unless
+        ``save`` is False (a reader's private copy while a writer owns the files)."""
         texts = dict(items)
         self._tokenizer = self._new_tokenizer()  # a fresh vocabulary forgets unused terms
         self._docs = dict(zip(texts, self._tokenize(list(texts.values()))))
         self._flat = None
         self._reindex()
         self._state = state
-        self._save()
+        if save:
+            self._save()
 
     def update(
         self,

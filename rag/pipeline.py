@@ -142,6 +142,8 @@ class Pipeline:
         self._generator: Generator | None = None
         self._prompt: PromptBuilder | None = None
         self._retriever: Retriever | None = None
+        self._lexical_pending: dict[str, str | None] = {}  # chunk id -> text (None: deleted)
+        self._lexical_in_step = False
 
     @classmethod
     def from_yaml(cls, path: str | Path | None, *, sets: list[str] | None = None, **overrides: Any) -> Pipeline:
@@ -207,14 +209,19 @@ class Pipeline:
         return self._lexical
 
     def _fresh_lexical(self) -> LexicalIndex:
-        """The lexical index, rebuilt from the collection when it is missing or behind it."""
+        """The lexical index, rebuilt from the collection when it is missing or behind it. While an
+        ingest holds the store, the rebuilt index is kept in memory only: the files are the writer's."""
         index = self.lexical
         state = self.store.state
         if index.state is None:
             index.load()
         if index.state != state:
             log(f"lexical index is missing or stale; rebuilding it from the collection ({self.store.count()} chunks)")
-            index.rebuild(self.store.iter_texts(), state)
+            try:
+                with self.store.write_lock(wait=False):
+                    index.rebuild(self.store.iter_texts(), self.store.state)
+            except StoreError:
+                index.rebuild(self.store.iter_texts(), state, save=False)
         return index
 
     @property
@@ -267,8 +274,10 @@ class Pipeline:
             for chunk_id, metadata in store.iter_metadata():
                 entry = (str(metadata.get("file_signature", "")), int(metadata.get("file_chunks", -1)))
                 known.setdefault(str(metadata.get("source", "")), {})[chunk_id] = entry
+            # An index in step with the store is updated incrementally; any other is rebuilt at the end.
+            self._lexical_in_step = self.lexical.load() and self.lexical.state == store.state
+            self._lexical_pending = {}
             store.bump_state()  # from here on the lexical index is stale until brought up to date
-            self._lexical_pending: dict[str, str | None] = {}
             salt = self._signature_salt()
             seen: set[str] = set()
             progress = self._progress_bar()
@@ -390,19 +399,16 @@ class Pipeline:
     def _flush_lexical(self, *, final: bool) -> None:
         """Bring the lexical index up to date with what was written; it records the store state only
         when the ingest is complete, so a crash in between leaves it visibly stale (and rebuilt)."""
-        pending = self._lexical_pending
-        index = self.lexical
-        if not pending and not final:
-            return
-        if index.state is None and not index.load():
+        pending, self._lexical_pending = self._lexical_pending, {}
+        if not self._lexical_in_step:
             if final:
-                index.rebuild(self.store.iter_texts(), self.store.state)
-            self._lexical_pending = {}
+                self.lexical.rebuild(self.store.iter_texts(), self.store.state)
+            return
+        if not pending and not final:
             return
         upserts = [(i, t) for i, t in pending.items() if t is not None]
         deletes = [i for i, t in pending.items() if t is None]
-        index.update(upserts, deletes, state=self.store.state if final else "ingest in progress")
-        self._lexical_pending = {}
+        self.lexical.update(upserts, deletes, state=self.store.state if final else "ingest in progress")
 
     # -- questions ------------------------------------------------------------------------------
 

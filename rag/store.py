@@ -231,9 +231,9 @@ class Store:
     @contextlib.contextmanager
     def write_lock(self, *, wait: bool = True, timeout: float = 600.0, on_wait=None) -> Iterator[None]:
         """An exclusive lock on the store for writers; readers never take it."""
-        folder = self.path if not self.url else Path(os.environ.get("RAG_LOCK_DIR", ".rag"))
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / f"{self.collection_name}.lock", "a+")  # noqa: SIM115 - held until exit
+        # With a Chroma server the lock lives in the local store folder too, beside the lexical index.
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / f"{self.collection_name}.lock", "a+")  # noqa: SIM115 - held until exit
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
