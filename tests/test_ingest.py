@@ -161,3 +161,30 @@ def test_rag_command_installed_json_stdout_only(tmp_path, minilm_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["added"] == 3
+
+
+def test_pipelined_ingest_equals_one_batch_at_a_time(tmp_path, minilm_path, monkeypatch):
+    """Loading ahead in a thread and embedding many files together change nothing in the store."""
+    import numpy as np
+
+    import rag.pipeline
+
+    files = {f"doc{i}.md": f"# Doc {i}\n\n" + f"Paragraph about topic {i} and its details. " * (5 + 13 * i)
+             for i in range(8)}
+    docs = make_folder(tmp_path / "docs", {**files, **PROSE})
+
+    def stored(store_dir: Path) -> dict:
+        pipeline = Pipeline.from_config({"store": {"path": str(store_dir)}, "embedding": {"model": str(minilm_path)}})
+        pipeline.ingest([docs])
+        ids = [i for i, _ in pipeline.store.iter_metadata()]
+        return {c.id: (c.text, c.metadata, v) for c, v in pipeline.store.get(ids, embeddings=True)}
+
+    pipelined = stored(tmp_path / "pipelined")
+    monkeypatch.setattr(rag.pipeline, "FLUSH_CHUNKS", 1)
+    monkeypatch.setattr(rag.pipeline, "_ahead", lambda make, depth=16: make())
+    one_at_a_time = stored(tmp_path / "one-at-a-time")
+    assert pipelined.keys() == one_at_a_time.keys() and len(pipelined) > 20
+    for chunk_id, (text, metadata, vector) in pipelined.items():
+        other_text, other_metadata, other_vector = one_at_a_time[chunk_id]
+        assert text == other_text and metadata == other_metadata
+        assert np.abs(vector - other_vector).max() < 1e-5
