@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import queue
+import stat
 import sys
 import threading
 import time
@@ -325,7 +326,10 @@ class Pipeline:
         source = str(item.resolve())
         limit = self.settings.loading.max_file_bytes
         try:
-            size = item.stat().st_size
+            info = item.stat()
+            if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block the hashing below
+                return _FileWork(source, status="failed", reason="not a regular file")
+            size = info.st_size
             if size > limit:
                 return _FileWork(source, status="failed",
                                  reason=f"file is {size} bytes, over the limit of {limit} (loading.max_file_bytes)")
