@@ -93,10 +93,13 @@ def _emit_json(data: Any) -> None:
 
 
 def _where(metadata: dict[str, Any]) -> str:
+    from rag.pipeline import printable
+
     source = str(metadata.get("source", "?"))
     cwd = os.getcwd().rstrip("/") + "/"
     if source.startswith(cwd):
         source = source[len(cwd):]
+    source = printable(source)
     return f"{source} (p. {metadata['page']})" if metadata.get("page") else source
 
 

@@ -38,6 +38,11 @@ FLUSH_CHUNKS = 256  # chunks embedded and written together: big enough for lengt
 LEXICAL_FLUSH = 20_000  # chunk texts held for the lexical index before it is brought up to date
 
 
+def printable(text: str) -> str:
+    """A file name fit for a one-line message: newlines and other control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def log(message: str) -> None:
     """Messages go to stderr so that stdout stays clean for --json."""
     print(message, file=sys.stderr, flush=True)
@@ -289,7 +294,7 @@ class Pipeline:
                 if work.status == "failed":
                     report.failed += 1
                     report.failures.append((work.source, work.reason))
-                    log(f"failed: {work.source}: {work.reason}")
+                    log(f"failed: {printable(work.source)}: {work.reason}")
                 elif work.status == "unchanged":
                     report.unchanged += 1
                 else:

@@ -1,10 +1,18 @@
-"""Runs ``rag`` (``rag.cli.main``) in this process and SIGKILLs it at one named point.
+"""Runs ``rag`` (``rag.cli.main``) in a process of its own, optionally SIGKILLing it at one named point.
 
-    python tests/crash_child.py POINT:N rag-arguments...
+    python tests/crash_child.py POINT:N rag-arguments...     one run, killed at POINT
+    python tests/crash_child.py --serve                       a fork server (below)
 
 Used by test_crash.py to hit crash points that timing alone reaches only by luck. Nothing is
 replaced: each hook wraps the real function and, on its N-th call, kills the process with SIGKILL
 (the same signal a kill -9 or the OOM killer sends) before, inside or after the real work.
+
+The fork server imports what an ingest needs once (torch, transformers, chromadb: seconds on a busy
+CPU), checks that no thread was started, and then forks one child per request: each child is a fresh
+process with its own stdin/stdout/stderr that runs ``rag.cli.main`` from the start (loading the model,
+opening the store, ...) and can be SIGKILLed like any other. It saves the imports, nothing else.
+Requests and replies are JSON lines: {"cmd": "spawn", "argv": [...], "cwd", "stdout", "tty",
+"point"} -> {"pid"}; {"cmd": "poll", "pid"} -> {"rc"} (null while it runs).
 
 POINT is one of
   embed          inside Embedder._encode, after N-1 forward passes of a batch (vectors not stored yet)
@@ -87,8 +95,70 @@ def arm(spec: str) -> None:
         raise SystemExit(f"crash_child: unknown point {point!r}")
 
 
-if __name__ == "__main__":
-    arm(sys.argv[1])
-    from rag.cli import main
+def _child(request: dict) -> None:
+    """In the forked child: take the given stdout and terminal, run rag, exit with its code."""
+    os.setsid()
+    stdin = os.open(os.devnull, os.O_RDONLY)
+    stdout = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    stderr = os.open(request["tty"], os.O_RDWR)
+    for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    code = 1
+    try:
+        if request.get("point"):
+            arm(request["point"])
+        from rag.cli import main
 
-    sys.exit(main(sys.argv[2:]))
+        code = main(request["argv"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - shown as it would be without the fork server
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve() -> None:
+    import json
+    import threading
+
+    import chromadb.api.models.Collection  # noqa: F401
+    import rag.cli  # noqa: F401
+    import rag.lexical  # noqa: F401
+    import rag.pipeline  # noqa: F401
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, BertModel  # noqa: F401
+
+    if threading.active_count() != 1:
+        raise SystemExit("crash_child: imports started threads; forking would not be safe")
+    sys.stdout.write(json.dumps({"ready": True}) + "\n")
+    sys.stdout.flush()
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["cmd"] == "spawn":
+            pid = os.fork()
+            if pid == 0:
+                _child(request)
+            reply = {"pid": pid}
+        elif request["cmd"] == "poll":
+            done, status = os.waitpid(request["pid"], os.WNOHANG)
+            reply = {"rc": os.waitstatus_to_exitcode(status) if done else None}
+        else:
+            reply = {"error": f"unknown command {request['cmd']!r}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--serve":
+        serve()
+    else:
+        arm(sys.argv[1])
+        from rag.cli import main
+
+        sys.exit(main(sys.argv[2:]))

@@ -160,10 +160,15 @@ def _walk(root: Path, include: Sequence[str], exclude: Sequence[str]) -> Iterato
             continue
         path = Path(entry.path)
         relative = path.relative_to(root).as_posix()
+        wanted = path.suffix.lower() in SUPPORTED_EXTENSIONS and _selected(relative, include, exclude)
         try:
             is_dir, is_file = entry.is_dir(), entry.is_file()
             target = entry.stat() if is_dir else None
-        except OSError:  # a broken or looping symlink: nothing to load there
+        except OSError:
+            is_dir = is_file = False
+        if not is_dir and not is_file:  # a broken or looping symlink, a socket...: say so if it looked wanted
+            if wanted and entry.is_symlink():
+                yield LoadError(path, "broken or looping symbolic link")
             continue
         if is_dir:
             key = _identity(target)
@@ -175,7 +180,7 @@ def _walk(root: Path, include: Sequence[str], exclude: Sequence[str]) -> Iterato
                 yield listing
             else:
                 stack.append(iter(listing))
-        elif is_file and path.suffix.lower() in SUPPORTED_EXTENSIONS and _selected(relative, include, exclude):
+        elif wanted:
             yield path
 
 
