@@ -34,7 +34,7 @@ from rag.retrieval import Retriever, Reranker
 from rag.store import Store
 from rag.types import Answer, Chunk, Document, Hit
 
-FLUSH_CHUNKS = 256  # chunks embedded and written together: big enough for length-sorted batches
+FLUSH_CHUNKS = 1024  # chunks embedded and written together: enough for well length-sorted batches
 LEXICAL_FLUSH = 20_000  # chunk texts held for the lexical index before it is brought up to date
 
 

@@ -20,6 +20,7 @@ Variables a template sees:
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,15 @@ from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from rag.errors import GenerationError, PromptError
 from rag.types import Hit
 
-BUILTIN_TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "prompts"
+def _templates_dir() -> Path:
+    """prompts/ beside the package in a source checkout or editable install; a wheel installs the
+    same files under <prefix>/share/rag/prompts (pyproject's data-files)."""
+    beside = Path(__file__).resolve().parents[1] / "prompts"
+    installed = Path(sys.prefix) / "share" / "rag" / "prompts"
+    return beside if beside.is_dir() or not installed.is_dir() else installed
+
+
+BUILTIN_TEMPLATES_DIR = _templates_dir()
 DEFAULT_TEMPLATE = "qa_cited"
 
 

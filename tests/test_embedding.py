@@ -87,10 +87,14 @@ def test_cls_pooling_read_from_pooling_config(tmp_path, minilm_path):
 
 
 def test_int8_stays_close_to_fp32(embedder, minilm_path):
-    texts = ["Solar inverters convert direct current to alternating current.", "Hotels in London cost more."]
+    """The stated bound: mean cosine to float32 >= 0.9, none below 0.8 (measured on 600 SciFact
+    abstracts: mean 0.925, min 0.848; see examples/benchmarks/quantize.py)."""
+    texts = ["Solar inverters convert direct current to alternating current.", "Hotels in London cost more.",
+             "The committee approved the budget after a long debate.", "Glaciers retreat as summers warm.",
+             "Mean pooling averages token vectors weighted by the attention mask."]
     quantized = Embedder(str(minilm_path), device="cpu", quantize="int8").embed_documents(texts)
-    reference = embedder.embed_documents(texts)
-    assert (quantized * reference).sum(axis=1).min() > 0.9  # measured 0.94 on these two
+    cosine = (quantized * embedder.embed_documents(texts)).sum(axis=1)
+    assert cosine.mean() >= 0.9 and cosine.min() >= 0.8
 
 
 def test_bad_model_and_settings(tmp_path):
