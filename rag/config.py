@@ -46,6 +46,7 @@ class EmbeddingSettings(Section):
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     batch_size: int = Field(default=32, ge=1)
+    write_batch: int = Field(default=1024, ge=1)
     pooling: Literal["mean", "cls", "last", "max"] | None = None
     normalize: bool = True
     max_length: int | None = None

@@ -34,7 +34,6 @@ from rag.retrieval import Retriever, Reranker
 from rag.store import Store
 from rag.types import Answer, Chunk, Document, Hit
 
-FLUSH_CHUNKS = 1024  # chunks embedded and written together: enough for well length-sorted batches
 LEXICAL_FLUSH = 20_000  # chunk texts held for the lexical index before it is brought up to date
 
 
@@ -299,7 +298,7 @@ class Pipeline:
                     report.unchanged += 1
                 else:
                     batch.append(work)
-                    if sum(len(w.chunks) for w in batch) >= FLUSH_CHUNKS:
+                    if sum(len(w.chunks) for w in batch) >= self.settings.embedding.write_batch:
                         self._write(batch, known, report)
                         batch = []
             self._write(batch, known, report)

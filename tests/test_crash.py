@@ -36,11 +36,12 @@ from proc_support import ForkServer, IngestChild
 
 from rag.cli import main
 from rag.lexical import LexicalIndex
-from rag.pipeline import FLUSH_CHUNKS, Pipeline
+from rag.pipeline import Pipeline
 
 # Small chunks keep the embedding work (the slow part on a CPU) small while still giving a few hundred
-# chunks and more than one write batch (FLUSH_CHUNKS).
+# chunks and more than one write batch (WRITE_BATCH).
 CHUNKING = {"chunk_size": 10, "chunk_overlap": 1}
+WRITE_BATCH = 128  # embedding.write_batch: chunks embedded and written together
 WORDS = (
     "river mountain harbor lantern violin meadow falcon quarry turbine saddle ledger invoice tariff "
     "voltage copper silicon harvest orchard glacier canyon reactor boron mirror helium galaxy bread "
@@ -72,13 +73,15 @@ def write_corpus(folder: Path, sizes: tuple[int, ...], *, seed: int = 11, files:
 
 
 def settings_args(model: Path) -> list[str]:
-    sets = [f"embedding.model={model}"] + [f"chunking.{k}={v}" for k, v in CHUNKING.items()]
+    sets = [f"embedding.model={model}", f"embedding.write_batch={WRITE_BATCH}"]
+    sets += [f"chunking.{k}={v}" for k, v in CHUNKING.items()]
     return [arg for s in sets for arg in ("--set", s)]
 
 
 def pipeline_for(store: Path, model: Path) -> Pipeline:
     pipeline = Pipeline.from_config(
-        {"store": {"path": str(store)}, "embedding": {"model": str(model)}, "chunking": dict(CHUNKING)}
+        {"store": {"path": str(store)}, "embedding": {"model": str(model), "write_batch": WRITE_BATCH},
+         "chunking": dict(CHUNKING)}
     )
     pipeline.progress = False
     return pipeline
@@ -267,7 +270,7 @@ def make_corpus(root: Path, model: Path, sizes: tuple[int, ...]) -> Corpus:
     reference = snapshot(reference_store, model)
     assert summary["added"] == len(markers) and summary["failed"] == 0
     assert summary["chunks_total"] == len(reference.chunks) == reference.count
-    assert len(reference.chunks) > FLUSH_CHUNKS, "the corpus must need more than one write batch"
+    assert len(reference.chunks) > WRITE_BATCH, "the corpus must need more than one write batch"
     assert snapshot(base, model).chunks == reference.chunks
     vector = pipeline_for(reference_store, model).embedder.embed_queries(["harbor lantern"])[0]
     return Corpus(root, folder, markers, model, base, reference, child.ended_at - start, vector, server)
