@@ -8,7 +8,9 @@ own files instead of guesses. sentence-transformers itself is not needed at run 
 
 from __future__ import annotations
 
+import ctypes
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,16 @@ def resolve_model_path(model: str) -> str:
         except ImportError:
             pass
     return locate(model, "embedding.model")
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap pages torch freed back to the system after a batch of documents: without it,
+    glibc's fragmented heap makes peak memory grow with the length of an ingest."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
 
 
 def pick_device(device: str = "auto") -> str:
@@ -199,7 +211,9 @@ class Embedder:
         return self._encode([self.query_prefix + t for t in texts])
 
     def embed_documents(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
-        return self._encode([self.document_prefix + t for t in texts], progress)
+        vectors = self._encode([self.document_prefix + t for t in texts], progress)
+        _return_freed_memory()
+        return vectors
 
     def _encode(self, texts: list[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Length-sorted batches waste no compute on padding; results come back in input order."""
