@@ -287,6 +287,7 @@ class Pipeline:
             seen: set[str] = set()
             progress = self._progress_bar()
             batch: list[_FileWork] = []
+            batch_chunks = 0
             for work in _ahead(lambda: (prepare(item, known, salt) for item in items())):
                 seen.add(work.source)
                 progress.update(1)
@@ -298,9 +299,10 @@ class Pipeline:
                     report.unchanged += 1
                 else:
                     batch.append(work)
-                    if sum(len(w.chunks) for w in batch) >= self.settings.embedding.write_batch:
+                    batch_chunks += len(work.chunks)
+                    if batch_chunks >= self.settings.embedding.write_batch:
                         self._write(batch, known, report)
-                        batch = []
+                        batch, batch_chunks = [], 0
             self._write(batch, known, report)
             progress.close()
             if sync_roots is not None:
@@ -348,7 +350,7 @@ class Pipeline:
         if _unchanged(stored, signature):
             return _FileWork(source, signature)
         try:
-            documents = load_file(item, json_text_field=self.settings.loading.json_text_field, max_bytes=limit)
+            documents = load_file(item, json_text_field=self.settings.loading.json_text_field)  # size checked above
             return self._chunked(source, signature, documents, stored)
         except LoadError as exc:
             return _FileWork(source, status="failed", reason=exc.reason)
@@ -384,8 +386,9 @@ class Pipeline:
             stale = [i for i in stored if i not in current]
             store.delete(stale)
             report.chunks_deleted += len(stale)
-            self._lexical_pending.update({c.id: c.text for c in work.chunks})
-            self._lexical_pending.update(dict.fromkeys(stale))
+            if self._lexical_in_step:  # an index out of step is rebuilt at the end instead
+                self._lexical_pending.update({c.id: c.text for c in work.chunks})
+                self._lexical_pending.update(dict.fromkeys(stale))
             setattr(report, work.status, getattr(report, work.status) + 1)
             known[work.source] = {c.id: (work.signature, len(work.chunks)) for c in work.chunks}
         if len(self._lexical_pending) >= LEXICAL_FLUSH:
@@ -400,7 +403,8 @@ class Pipeline:
             if under and source not in seen and not Path(source).exists():
                 ids = list(known.pop(source))
                 self.store.delete(ids)
-                self._lexical_pending.update(dict.fromkeys(ids))
+                if self._lexical_in_step:
+                    self._lexical_pending.update(dict.fromkeys(ids))
                 report.removed += 1
                 report.chunks_deleted += len(ids)
 

@@ -194,7 +194,7 @@ class Retriever:
                 cosine[chunk.id] = float(vector @ query)
 
         # The threshold and MMR look at every candidate; otherwise only the hits shown are completed.
-        head = len(ranked) if (self.score_threshold is not None or self.use_mmr) else max(k, self._rerank_depth(k))
+        head = len(ranked) if (self.score_threshold is not None or self.use_mmr) else self._rerank_depth(k)
         complete([i for i, _ in ranked[:head]], with_vectors=self.use_mmr)
         ranked = [(i, s) for i, s in ranked[:head] if i in chunks]  # a stale lexical id is never shown
         if self.score_threshold is not None:

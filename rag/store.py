@@ -140,28 +140,25 @@ class Store:
     def _page_size(self) -> int:
         return max(1, min(self.client.get_max_batch_size(), 5000))
 
-    def iter_metadata(self, where: dict | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(id, metadata) of every chunk, fetched in pages so memory stays bounded."""
+    def _pages(self, field: str, where: dict | None = None) -> Iterator[tuple[str, Any]]:
+        """(id, field value) of every chunk, fetched in pages so memory stays bounded."""
         page = self._page_size()
         offset = 0
         while True:
-            got = self.collection.get(where=where, limit=page, offset=offset, include=["metadatas"])
-            for chunk_id, metadata in zip(got["ids"], got["metadatas"]):
-                yield chunk_id, metadata or {}
+            got = self.collection.get(where=where, limit=page, offset=offset, include=[field])
+            yield from zip(got["ids"], got[field])
             if len(got["ids"]) < page:
                 return
             offset += page
 
+    def iter_metadata(self, where: dict | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(id, metadata) of every chunk (matching ``where``)."""
+        for chunk_id, metadata in self._pages("metadatas", where):
+            yield chunk_id, metadata or {}
+
     def iter_texts(self) -> Iterator[tuple[str, str]]:
         """(id, text) of every chunk, for rebuilding a side index from the source of truth."""
-        page = self._page_size()
-        offset = 0
-        while True:
-            got = self.collection.get(limit=page, offset=offset, include=["documents"])
-            yield from zip(got["ids"], got["documents"])
-            if len(got["ids"]) < page:
-                return
-            offset += page
+        return self._pages("documents")
 
     def get(self, ids: Sequence[str], *, embeddings: bool = False) -> list[tuple[Chunk, np.ndarray | None]]:
         """Chunks by id, in the order asked; ids not in the store are left out."""
@@ -230,7 +227,8 @@ class Store:
 
     @contextlib.contextmanager
     def write_lock(self, *, wait: bool = True, timeout: float = 600.0, on_wait=None) -> Iterator[None]:
-        """An exclusive lock on the store for writers; readers never take it."""
+        """An exclusive lock on the store for writers. Searches never wait for it; they only try it
+        (without waiting) before saving a rebuilt lexical index."""
         # With a Chroma server the lock lives in the local store folder too, beside the lexical index.
         self.path.mkdir(parents=True, exist_ok=True)
         handle = open(self.path / f"{self.collection_name}.lock", "a+")  # noqa: SIM115 - held until exit
