@@ -33,6 +33,7 @@ class LoadingSettings(Section):
     exclude: list[str] = []
     json_text_field: str = "text"
     max_file_bytes: int = 50_000_000
+    prepare_ahead: bool | Literal["auto"] = "auto"
 
 
 class ChunkingSettings(Section):

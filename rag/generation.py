@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import queue
+import re
 import threading
 from collections.abc import Generator as PyGenerator
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ MAX_DEFAULT_CONTEXT = 32768
 # Used only when neither the model config nor the tokenizer says anything sensible.
 FALLBACK_CONTEXT = 2048
 PLAIN_ANSWER_CUE = "Answer:"
+# Put inside a special token's text so the tokenizer no longer matches it; invisible when printed.
+ZERO_WIDTH_SPACE = "\u200b"
 
 _DTYPES = {
     "float32": "float32",
@@ -155,6 +158,7 @@ class Generator:
         self._context_window = context_window
         self._model: Any = None
         self._tokenizer: Any = None
+        self._special_pattern: re.Pattern | None = None
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------- loading
@@ -267,6 +271,19 @@ class Generator:
         except Exception as exc:
             raise GenerationError(f"the chat template of {self.model_name!r} failed: {exc}") from exc
         return str(text)
+
+    def neutralize(self, text: str) -> str:
+        """Untrusted text (document chunks, the question) with every special token's text broken by a
+        zero-width space: a document holding ``<|im_end|><|im_start|>system`` must not end its turn
+        and open a new one in the chat template; the tokenizer then reads it as ordinary text."""
+        if self._special_pattern is None:
+            tokenizer = self.tokenizer
+            decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+            texts = {str(t) for t in getattr(tokenizer, "all_special_tokens", [])}
+            texts |= {t.content for t in decoder.values() if getattr(t, "special", False)}
+            texts = sorted((t for t in texts if len(t) > 1), key=len, reverse=True)
+            self._special_pattern = re.compile("|".join(map(re.escape, texts))) if texts else re.compile(r"(?!)")
+        return self._special_pattern.sub(lambda m: m[0][0] + ZERO_WIDTH_SPACE + m[0][1:], text)
 
     def _encode(self, text: str) -> list[int]:
         # A chat-templated prompt carries its own special tokens; adding them again would double BOS.

@@ -91,7 +91,7 @@ def _unchanged(stored: dict[str, tuple[str, int]], signature: str) -> bool:
 
 def _ahead(make: Callable[[], Iterator[Any]], depth: int = 16) -> Iterator[Any]:
     """Runs an iterator in a thread a few items ahead of its consumer. Loading and chunking then
-    overlap with embedding (torch releases the GIL), and only ``depth`` items are ever held."""
+    overlap with embedding on a GPU, and only ``depth`` items are ever held."""
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
@@ -288,7 +288,8 @@ class Pipeline:
             progress = self._progress_bar()
             batch: list[_FileWork] = []
             batch_chunks = 0
-            for work in _ahead(lambda: (prepare(item, known, salt) for item in items())):
+            prepared = lambda: (prepare(item, known, salt) for item in items())  # noqa: E731
+            for work in _ahead(prepared) if self._prepare_ahead() else prepared():
                 seen.add(work.source)
                 progress.update(1)
                 if work.status == "failed":
@@ -311,6 +312,13 @@ class Pipeline:
             report.chunks_total = store.count()
         report.seconds = time.perf_counter() - started
         return report
+
+    def _prepare_ahead(self) -> bool:
+        """Loading and chunking in a thread overlap with encoding only when the encoder leaves the
+        CPU idle (a GPU). On the CPU torch already keeps every core busy: a second thread only
+        competes with it, and its own malloc arena raised peak memory with corpus size."""
+        setting = self.settings.loading.prepare_ahead
+        return self.embedder.device != "cpu" if setting == "auto" else bool(setting)
 
     def _progress_bar(self):
         from tqdm import tqdm
@@ -475,7 +483,8 @@ class Pipeline:
         generator = self.generator
         budget = generator.context_window - generator.max_new_tokens
         user_message, kept, dropped = self.prompt.pack(
-            question, hits, lambda text: generator.count_tokens(generator.format_prompt(text)), budget
+            question, hits, lambda text: generator.count_tokens(generator.format_prompt(text)), budget,
+            escape=generator.neutralize,
         )
         prompt = generator.format_prompt(user_message)
         timings["prompt"] = time.perf_counter() - clock

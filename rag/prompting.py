@@ -66,11 +66,11 @@ def resolve_template(template: str | Path) -> Path:
     raise PromptError(f"unknown prompt template {template!r}: give a builtin name ({names}) or the path of a .j2 file")
 
 
-def _source_dict(number: int, hit: Hit) -> dict[str, Any]:
-    meta = hit.chunk.metadata or {}
+def _source_dict(number: int, hit: Hit, escape: Callable[[str], str]) -> dict[str, Any]:
+    meta = {k: escape(v) if isinstance(v, str) else v for k, v in (hit.chunk.metadata or {}).items()}
     return {
         "number": number,
-        "text": hit.chunk.text,
+        "text": escape(hit.chunk.text),
         "source": str(meta.get("source") or ""),
         "title": str(meta.get("title") or ""),
         "page": meta.get("page"),
@@ -78,6 +78,10 @@ def _source_dict(number: int, hit: Hit) -> dict[str, Any]:
         "id": hit.chunk.id,
         "metadata": meta,
     }
+
+
+def _unchanged(text: str) -> str:
+    return text
 
 
 class PromptBuilder:
@@ -110,11 +114,13 @@ class PromptBuilder:
         except (OSError, UnicodeDecodeError) as exc:
             raise PromptError(f"prompt template {self.path} cannot be read: {exc}") from exc
 
-    def render(self, question: str, hits: list[Hit]) -> str:
-        """The prompt for ``question`` with every hit as a numbered source, in the order given."""
-        sources = [_source_dict(i, hit) for i, hit in enumerate(hits, start=1)]
+    def render(self, question: str, hits: list[Hit], escape: Callable[[str], str] = _unchanged) -> str:
+        """The prompt for ``question`` with every hit as a numbered source, in the order given.
+        ``escape`` is applied to the question and to the text of every source (the generator's
+        ``neutralize``, so that no document text can act as a special token)."""
+        sources = [_source_dict(i, hit, escape) for i, hit in enumerate(hits, start=1)]
         try:
-            return self.template.render(question=question, sources=sources, config=self.variables)
+            return self.template.render(question=escape(question), sources=sources, config=self.variables)
         except SecurityError as exc:
             raise PromptError(
                 f"prompt template {self._where(exc)} tried something the sandbox forbids ({exc}); "
@@ -146,7 +152,8 @@ class PromptBuilder:
         return f"{found[0]}, line {found[1]}"
 
     def pack(
-        self, question: str, hits: list[Hit], measure: Callable[[str], int], budget: int
+        self, question: str, hits: list[Hit], measure: Callable[[str], int], budget: int,
+        escape: Callable[[str], str] = _unchanged,
     ) -> tuple[str, list[Hit], int]:
         """The prompt with as many of the best hits as fit in ``budget`` tokens.
 
@@ -159,7 +166,7 @@ class PromptBuilder:
         hits = list(hits)
 
         def fits(k: int) -> tuple[bool, str, int]:
-            prompt = self.render(question, hits[:k])
+            prompt = self.render(question, hits[:k], escape)
             size = measure(prompt)
             return size <= budget, prompt, size
 

@@ -14,7 +14,7 @@ same thing in every mode.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,11 +30,12 @@ MODES = ("dense", "lexical", "hybrid")
 class ChunkStore(Protocol):
     def query(self, vector: np.ndarray, k: int, where: dict | None = None, *, embeddings: bool = False) -> list: ...
     def get(self, ids: Sequence[str], *, embeddings: bool = False) -> list: ...
-    def iter_metadata(self, where: dict | None = None): ...
+    def matching(self, ids: Sequence[str], where: dict) -> set[str]: ...
 
 
 class LexicalSearch(Protocol):
-    def search(self, query: str, k: int, allowed_ids: set[str] | None = None) -> list[tuple[str, float]]: ...
+    def search(self, query: str, k: int, keep: Callable[[list[str]], Collection[str]] | None = None
+               ) -> list[tuple[str, float]]: ...
 
 
 def rrf(rankings: dict[str, list[str]], k: int = 60) -> list[tuple[str, float]]:
@@ -172,8 +173,8 @@ class Retriever:
                 if vector is not None:
                     vectors[chunk.id] = vector
         if mode in ("lexical", "hybrid"):
-            allowed = {i for i, _ in self.store.iter_metadata(where)} if where else None
-            found_lex = self.lexical.search(question, depth, allowed)
+            keep = (lambda ids: self.store.matching(ids, where)) if where else None
+            found_lex = self.lexical.search(question, depth, keep)
             per["lexical"] = {i: (score, rank) for rank, (i, score) in enumerate(found_lex, start=1)}
 
         if mode == "hybrid":

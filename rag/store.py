@@ -175,6 +175,14 @@ class Store:
                 found[chunk_id] = (_chunk(chunk_id, got["documents"][i], got["metadatas"][i]), vector)
         return [found[i] for i in ids if i in found]
 
+    def matching(self, ids: Sequence[str], where: dict) -> set[str]:
+        """Those of ``ids`` whose chunk matches the metadata filter ``where``."""
+        page = self._page_size()
+        found: set[str] = set()
+        for begin in range(0, len(ids), page):
+            found.update(self.collection.get(ids=list(ids[begin : begin + page]), where=where, include=[])["ids"])
+        return found
+
     def query(self, vector: np.ndarray, k: int, where: dict | None = None,
               *, embeddings: bool = False) -> list[tuple[Chunk, float, np.ndarray | None]]:
         """The k nearest chunks as (chunk, cosine similarity, vector?), best first."""

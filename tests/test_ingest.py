@@ -173,16 +173,20 @@ def test_pipelined_ingest_equals_one_batch_at_a_time(tmp_path, minilm_path, monk
              for i in range(8)}
     docs = make_folder(tmp_path / "docs", {**files, **PROSE})
 
-    def stored(store_dir: Path, write_batch: int = 1024) -> dict:
-        pipeline = Pipeline.from_config({"store": {"path": str(store_dir)},
+    def stored(store_dir: Path, write_batch: int = 1024, ahead: bool = True) -> dict:
+        pipeline = Pipeline.from_config({"store": {"path": str(store_dir)}, "loading": {"prepare_ahead": ahead},
                                          "embedding": {"model": str(minilm_path), "write_batch": write_batch}})
         pipeline.ingest([docs])
         ids = [i for i, _ in pipeline.store.iter_metadata()]
         return {c.id: (c.text, c.metadata, v) for c, v in pipeline.store.get(ids, embeddings=True)}
 
+    prepared_in_threads = []
+    real_ahead = rag.pipeline._ahead
+    monkeypatch.setattr(rag.pipeline, "_ahead", lambda make: prepared_in_threads.append(1) or real_ahead(make))
     pipelined = stored(tmp_path / "pipelined")
-    monkeypatch.setattr(rag.pipeline, "_ahead", lambda make, depth=16: make())
-    one_at_a_time = stored(tmp_path / "one-at-a-time", write_batch=1)
+    assert prepared_in_threads  # the thread path was taken
+    one_at_a_time = stored(tmp_path / "one-at-a-time", write_batch=1, ahead=False)
+    assert len(prepared_in_threads) == 1
     assert pipelined.keys() == one_at_a_time.keys() and len(pipelined) > 20
     for chunk_id, (text, metadata, vector) in pipelined.items():
         other_text, other_metadata, other_vector = one_at_a_time[chunk_id]
