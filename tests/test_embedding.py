@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from rag.embedding import DEFAULT_MODEL, Embedder, resolve_model_path
 from rag.errors import ConfigError, ModelError
@@ -95,6 +96,19 @@ def test_int8_stays_close_to_fp32(embedder, minilm_path):
     quantized = Embedder(str(minilm_path), device="cpu", quantize="int8").embed_documents(texts)
     cosine = (quantized * embedder.embed_documents(texts)).sum(axis=1)
     assert cosine.mean() >= 0.9 and cosine.min() >= 0.8
+
+
+def test_bfloat16_stays_close_to_fp32(embedder, minilm_path):
+    """The stated bound for ``embedding.dtype: bfloat16``: every cosine to float32 >= 0.999 (measured
+    on docs-haystack chunks: mean 0.99995, min 0.9999)."""
+    texts = ["Solar inverters convert direct current to alternating current.", "Hotels in London cost more.",
+             "The committee approved the budget after a long debate.", "Glaciers retreat as summers warm.",
+             "Mean pooling averages token vectors weighted by the attention mask."]
+    half = Embedder(str(minilm_path), device="cpu", dtype="bfloat16")
+    assert half.torch_dtype == torch.bfloat16 and embedder.torch_dtype == torch.float32
+    vectors = half.embed_documents(texts)
+    assert vectors.dtype == np.float32 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert (vectors * embedder.embed_documents(texts)).sum(axis=1).min() >= 0.999
 
 
 def test_bad_model_and_settings(tmp_path):

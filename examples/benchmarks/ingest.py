@@ -22,7 +22,11 @@ Three contenders do the same work on the same files, each run in a fresh Python 
   Chroma.from_documents into a temporary folder (cosine space, like rag's collection).
 - ``bare``: the ceiling. rag's own chunks (loaded and chunked before the clock starts), encoded by
   AutoModel in length-sorted batches of 32 with mean pooling and L2 normalization under
-  ``torch.inference_mode``; nothing is stored.
+  ``torch.inference_mode``, in the dtype rag picks (``embedding.dtype: auto``: bfloat16 on a CPU with
+  native bf16, float32 on other CPUs, float16 on CUDA); nothing is stored.
+
+LangChain's HuggingFaceEmbeddings runs in float32, its default: the dtype column says what each
+contender used. ``--dtype float32`` runs rag and bare in float32 as well.
 
 Each contender's clock covers loading the model and everything after it, up to the last vector
 written (imports are timed apart). Tokens are the MiniLM tokens of each contender's own chunks
@@ -116,6 +120,8 @@ def _child_rag(args: argparse.Namespace) -> dict:
     overrides = {"store.path": args.store}
     if args.device:
         overrides["embedding.device"] = args.device
+    if args.dtype:
+        overrides["embedding.dtype"] = args.dtype
     settings = load_settings(None, overrides)
     _preload(chroma=True)
     imported = time.perf_counter()
@@ -152,6 +158,7 @@ def _child_rag(args: argparse.Namespace) -> dict:
         "reingest_embedded": second.chunks_embedded,
         "reingest_unchanged": second.unchanged,
         "device": pipeline.embedder.device,
+        "dtype": str(pipeline.embedder.torch_dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -203,6 +210,7 @@ def _child_langchain(args: argparse.Namespace) -> dict:
         "rss_after_imports_mb": rss_ready,
         "setup_s": imported - args.t0,
         "device": device,
+        "dtype": str(next(embeddings._client.parameters()).dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -217,7 +225,7 @@ def _child_bare(args: argparse.Namespace) -> dict:
     from rag.pipeline import Pipeline
 
     # rag's own chunks, made before the clock starts: the ceiling is the encoding alone.
-    settings = load_settings(None, {"store.path": args.store})
+    settings = load_settings(None, {"store.path": args.store, **({"embedding.dtype": args.dtype} if args.dtype else {})})
     pipeline = Pipeline(settings, progress=False)
     embedder, chunker = pipeline.embedder, pipeline.chunker
     files = documents = 0
@@ -229,7 +237,7 @@ def _child_bare(args: argparse.Namespace) -> dict:
         for document in load_file(item, json_text_field=settings.loading.json_text_field):
             documents += 1
             texts.extend(embedder.document_prefix + chunk.text for chunk in chunker.split(document))
-    model_path, max_length = embedder.path, embedder.max_length
+    model_path, max_length, dtype = embedder.path, embedder.max_length, embedder.torch_dtype
     device = embedder.device if not args.device else args.device
     del pipeline, embedder, chunker
     _preload(chroma=False)
@@ -238,7 +246,6 @@ def _child_bare(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32  # what rag picks by default
     model = AutoModel.from_pretrained(model_path, dtype=dtype).eval().to(device)
     encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
@@ -271,6 +278,7 @@ def _child_bare(args: argparse.Namespace) -> dict:
         "rss_after_imports_mb": rss_ready,
         "setup_s": imported - args.t0,
         "device": device,
+        "dtype": str(dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -321,6 +329,8 @@ def _run_child(contender: str, folder: Path, tmp: Path, args: argparse.Namespace
         command += ["--threads", str(args.threads)]
     if args.device:
         command += ["--device", args.device]
+    if args.dtype:
+        command += ["--dtype", args.dtype]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False"}
     started = time.perf_counter()
     done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -369,7 +379,7 @@ def _summary(runs: list[dict]) -> dict:
             continue
         entry = {key: statistics.median(r[key] for r in mine)
                  for key in ("seconds", "peak_rss_mb", "rss_after_imports_mb", "setup_s")}
-        for key in ("files", "documents", "chunks", "tokens"):
+        for key in ("files", "documents", "chunks", "tokens", "dtype"):
             entry[key] = mine[0][key]
         rates = [_rates(r) for r in mine]
         for key in ("docs_per_s", "chunks_per_s", "tokens_per_s"):
@@ -417,12 +427,12 @@ def _print_comparison(data: dict) -> None:
     print(f"corpus: {data['corpus']['folder']} ({data['corpus']['files']} files; "
           f"{data['rounds']} round(s), medians shown)")
     header = f"{'contender':<10} {'seconds':>9} {'docs/s':>8} {'chunks/s':>9} {'tokens/s':>9} " \
-             f"{'peak RSS MB':>12} {'chunks':>7} {'tokens':>9}"
+             f"{'peak RSS MB':>12} {'chunks':>7} {'tokens':>9} {'dtype':>9}"
     print(header)
     print("-" * len(header))
     for name, e in summary.items():
         print(f"{name:<10} {e['seconds']:>9.2f} {e['docs_per_s']:>8.2f} {e['chunks_per_s']:>9.2f} "
-              f"{e['tokens_per_s']:>9.0f} {e['peak_rss_mb']:>12.0f} {e['chunks']:>7} {e['tokens']:>9}")
+              f"{e['tokens_per_s']:>9.0f} {e['peak_rss_mb']:>12.0f} {e['chunks']:>7} {e['tokens']:>9} {e['dtype']:>9}")
     for label, ratio in data["ratios"].items():
         print(f"{label}: docs/s {ratio['docs_per_s']:.3f}x, chunks/s {ratio['chunks_per_s']:.3f}x, "
               f"tokens/s {ratio['tokens_per_s']:.3f}x")
@@ -538,6 +548,8 @@ def main() -> None:
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of rag,langchain,bare")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads for every contender (torch's default)")
     parser.add_argument("--device", default="", help="device for every contender (default: rag's auto choice)")
+    parser.add_argument("--dtype", default="", help="embedding.dtype for rag and bare (default: rag's auto choice; "
+                        "LangChain keeps its own default, float32)")
     parser.add_argument("--no-cli-reingest", dest="cli_reingest", action="store_false",
                         help="skip timing `rag ingest` of the unchanged folder in a new process")
     parser.add_argument("--tmp", default=None, help="where the temporary corpus copies and stores go")
