@@ -233,10 +233,7 @@ class Embedder:
         with torch.inference_mode():
             for begin in range(0, len(order), self.batch_size):
                 batch = order[begin : begin + self.batch_size]
-                features = self.tokenizer.pad(
-                    {key: [encoded[key][i] for i in batch] for key in encoded.keys()}, return_tensors="pt"
-                )
-                features = {key: value.to(self.device) for key, value in features.items()}
+                features = {key: self._padded([encoded[key][i] for i in batch], key) for key in encoded.keys()}
                 # Pooled and normalized in float32 whatever the model's dtype: sums over hundreds of
                 # tokens in 16-bit floats would lose precision the model itself did not.
                 hidden = model(**features).last_hidden_state.float()
@@ -247,6 +244,19 @@ class Embedder:
                 if progress:
                     progress(len(batch))
         return out
+
+    def _padded(self, rows: list[list[int]], key: str) -> torch.Tensor:
+        """One padded tensor, on the tokenizer's padding side. Filled in numpy: about 0.5 ms per batch
+        of 32 where transformers' ``pad`` takes about 3 ms, time in which the model does not run."""
+        fill = (self.tokenizer.pad_token_id or 0) if key == "input_ids" else 0
+        array = np.full((len(rows), max(map(len, rows))), fill, dtype=np.int64)
+        left = self.tokenizer.padding_side == "left"
+        for row, values in zip(array, rows):
+            if left:
+                row[len(row) - len(values) :] = values
+            else:
+                row[: len(values)] = values
+        return torch.from_numpy(array).to(self.device)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":

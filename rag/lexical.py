@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -149,15 +149,12 @@ class LexicalIndex:
         self._save()
 
     def search(
-        self, query: str, k: int, keep: Callable[[list[str]], Collection[str]] | None = None
+        self, query: str, k: int, allowed_ids: set[str] | None = None
     ) -> list[tuple[str, float]]:
         """Top ``k`` (chunk id, BM25 score) pairs, best first, scores > 0 only.
 
-        Equal scores come in id order so results are reproducible. ``keep`` filters candidates
-        (given a page of ids, it returns those allowed, e.g. those matching a metadata filter): it
-        is asked about the best candidates first, in pages that double in size, until ``k`` are
-        allowed, so the result is exactly the top ``k`` of the allowed chunks without ever listing
-        every allowed chunk.
+        Equal scores come in id order so results are reproducible. ``allowed_ids`` restricts
+        the candidates before the cut, so up to ``k`` allowed hits come back.
         """
         if k <= 0 or self._bm25 is None:
             return []
@@ -167,25 +164,21 @@ class LexicalIndex:
         if not query_ids:
             return []
         scores = self._bm25.get_scores_from_ids(query_ids)
-        candidates = np.flatnonzero(scores > 0)
+        if allowed_ids is None:
+            candidates = np.flatnonzero(scores > 0)
+        else:
+            positions = [self._pos[cid] for cid in allowed_ids if cid in self._pos]
+            candidates = np.asarray(positions, dtype=np.int64)
+            candidates = candidates[scores[candidates] > 0]
         found = scores[candidates]
-        if keep is None and len(found) > k:
+        if len(found) > k:
             # Keep everything scoring at least the k-th best (ties included), then sort exactly.
             kth = np.partition(found, len(found) - k)[len(found) - k]
-            top = found >= kth
-            candidates, found = candidates[top], found[top]
+            keep = found >= kth
+            candidates, found = candidates[keep], found[keep]
         # Positions follow sorted ids, so the secondary key breaks ties by id ascending.
-        ranked = [(self._order[candidates[i]], float(found[i])) for i in np.lexsort((candidates, -found))]
-        if keep is None:
-            return ranked[:k]
-        hits: list[tuple[str, float]] = []
-        begin, page = 0, max(4 * k, 256)
-        while begin < len(ranked) and len(hits) < k:
-            window = ranked[begin : begin + page]
-            allowed = keep([cid for cid, _ in window])
-            hits.extend(pair for pair in window if pair[0] in allowed)
-            begin, page = begin + page, page * 2
-        return hits[:k]
+        best = np.lexsort((candidates, -found))[:k]
+        return [(self._order[candidates[i]], float(found[i])) for i in best]
 
     # -- tokenization and indexing --------------------------------------------------------------
 

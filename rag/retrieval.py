@@ -14,7 +14,7 @@ same thing in every mode.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,12 +30,11 @@ MODES = ("dense", "lexical", "hybrid")
 class ChunkStore(Protocol):
     def query(self, vector: np.ndarray, k: int, where: dict | None = None, *, embeddings: bool = False) -> list: ...
     def get(self, ids: Sequence[str], *, embeddings: bool = False) -> list: ...
-    def matching(self, ids: Sequence[str], where: dict) -> set[str]: ...
+    def ids(self, where: dict | None = None) -> set[str]: ...
 
 
 class LexicalSearch(Protocol):
-    def search(self, query: str, k: int, keep: Callable[[list[str]], Collection[str]] | None = None
-               ) -> list[tuple[str, float]]: ...
+    def search(self, query: str, k: int, allowed_ids: set[str] | None = None) -> list[tuple[str, float]]: ...
 
 
 def rrf(rankings: dict[str, list[str]], k: int = 60) -> list[tuple[str, float]]:
@@ -173,8 +172,8 @@ class Retriever:
                 if vector is not None:
                     vectors[chunk.id] = vector
         if mode in ("lexical", "hybrid"):
-            keep = (lambda ids: self.store.matching(ids, where)) if where else None
-            found_lex = self.lexical.search(question, depth, keep)
+            allowed = self.store.ids(where) if where else None
+            found_lex = self.lexical.search(question, depth, allowed)
             per["lexical"] = {i: (score, rank) for rank, (i, score) in enumerate(found_lex, start=1)}
 
         if mode == "hybrid":

@@ -67,6 +67,9 @@ def test_http_store_behaves_like_the_embedded_one(tmp_path, minilm_path, chroma_
     assert hits[0].chunk.metadata["source"].endswith("gamma.txt")
     lexical = Pipeline.from_config(config).search("sourdough", k=1, mode="lexical")
     assert lexical[0].chunk.metadata["source"].endswith("gamma.txt")
+    gamma = hits[0].chunk.metadata["source"]
+    filtered = Pipeline.from_config(config).search("sourdough bread", k=5, mode="hybrid", where={"source": gamma})
+    assert filtered and all(h.chunk.metadata["source"] == gamma for h in filtered)
     # Nothing of the collection was written to the local folder: it lives on the server.
     assert not (tmp_path / "local" / "chroma.sqlite3").exists()
 
