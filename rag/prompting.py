@@ -118,9 +118,11 @@ class PromptBuilder:
         """The prompt for ``question`` with every hit as a numbered source, in the order given.
         ``escape`` is applied to the question and to the text of every source (the generator's
         ``neutralize``, so that no document text can act as a special token)."""
-        sources = [_source_dict(i, hit, escape) for i, hit in enumerate(hits, start=1)]
+        return self._render(escape(question), [_source_dict(i, hit, escape) for i, hit in enumerate(hits, start=1)])
+
+    def _render(self, question: str, sources: list[dict[str, Any]]) -> str:
         try:
-            return self.template.render(question=escape(question), sources=sources, config=self.variables)
+            return self.template.render(question=question, sources=sources, config=self.variables)
         except SecurityError as exc:
             raise PromptError(
                 f"prompt template {self._where(exc)} tried something the sandbox forbids ({exc}); "
@@ -164,9 +166,12 @@ class PromptBuilder:
         prompt returned has been measured to fit.
         """
         hits = list(hits)
+        # Escaped once: the binary search below renders prefixes of the same sources several times.
+        question = escape(question)
+        sources = [_source_dict(i, hit, escape) for i, hit in enumerate(hits, start=1)]
 
         def fits(k: int) -> tuple[bool, str, int]:
-            prompt = self.render(question, hits[:k], escape)
+            prompt = self._render(question, sources[:k])
             size = measure(prompt)
             return size <= budget, prompt, size
 

@@ -140,13 +140,13 @@ class Store:
     def _page_size(self) -> int:
         return max(1, min(self.client.get_max_batch_size(), 5000))
 
-    def _pages(self, field: str | None, where: dict | None = None, page: int = 0) -> Iterator[tuple[str, Any]]:
-        """(id, field value) of every chunk, fetched in pages so memory stays bounded."""
+    def _pages(self, include: list[str], where: dict | None = None, page: int = 0) -> Iterator[dict[str, Any]]:
+        """Chroma's answers for every chunk (matching ``where``), a page at a time so memory stays bounded."""
         page = page or self._page_size()
         offset = 0
         while True:
-            got = self.collection.get(where=where, limit=page, offset=offset, include=[field] if field else [])
-            yield from zip(got["ids"], got[field] if field else [None] * len(got["ids"]))
+            got = self.collection.get(where=where, limit=page, offset=offset, include=include)
+            yield got
             if len(got["ids"]) < page:
                 return
             offset += page
@@ -154,16 +154,18 @@ class Store:
     def ids(self, where: dict | None = None) -> set[str]:
         """The ids of every chunk (matching ``where``). Ids alone are small, so they come in large
         pages: at 100k chunks this is several times faster than reading their metadata as well."""
-        return {chunk_id for chunk_id, _ in self._pages(None, where, page=100_000)}
+        return {chunk_id for got in self._pages([], where, page=100_000) for chunk_id in got["ids"]}
 
     def iter_metadata(self, where: dict | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """(id, metadata) of every chunk (matching ``where``)."""
-        for chunk_id, metadata in self._pages("metadatas", where):
-            yield chunk_id, metadata or {}
+        for got in self._pages(["metadatas"], where):
+            for chunk_id, metadata in zip(got["ids"], got["metadatas"]):
+                yield chunk_id, metadata or {}
 
     def iter_texts(self) -> Iterator[tuple[str, str]]:
         """(id, text) of every chunk, for rebuilding a side index from the source of truth."""
-        return self._pages("documents")
+        for got in self._pages(["documents"]):
+            yield from zip(got["ids"], got["documents"])
 
     def get(self, ids: Sequence[str], *, embeddings: bool = False) -> list[tuple[Chunk, np.ndarray | None]]:
         """Chunks by id, in the order asked; ids not in the store are left out."""

@@ -113,16 +113,22 @@ def _emit(result: dict) -> None:
 # -- the children: one contender each ------------------------------------------------------------
 
 
-def _child_rag(args: argparse.Namespace) -> dict:
+def _rag_settings(args: argparse.Namespace):
+    """rag's defaults, with the store, device and dtype this run asks for (rag and bare share them)."""
     from rag.config import load_settings
-    from rag.pipeline import Pipeline
 
     overrides = {"store.path": args.store}
     if args.device:
         overrides["embedding.device"] = args.device
     if args.dtype:
         overrides["embedding.dtype"] = args.dtype
-    settings = load_settings(None, overrides)
+    return load_settings(None, overrides)
+
+
+def _child_rag(args: argparse.Namespace) -> dict:
+    from rag.pipeline import Pipeline
+
+    settings = _rag_settings(args)
     _preload(chroma=True)
     imported = time.perf_counter()
     rss_ready = _rss_mb()
@@ -220,12 +226,11 @@ def _child_bare(args: argparse.Namespace) -> dict:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from rag.config import load_settings
     from rag.loaders import iter_files, load_file
     from rag.pipeline import Pipeline
 
     # rag's own chunks, made before the clock starts: the ceiling is the encoding alone.
-    settings = load_settings(None, {"store.path": args.store, **({"embedding.dtype": args.dtype} if args.dtype else {})})
+    settings = _rag_settings(args)
     pipeline = Pipeline(settings, progress=False)
     embedder, chunker = pipeline.embedder, pipeline.chunker
     files = documents = 0
@@ -238,7 +243,7 @@ def _child_bare(args: argparse.Namespace) -> dict:
             documents += 1
             texts.extend(embedder.document_prefix + chunk.text for chunk in chunker.split(document))
     model_path, max_length, dtype = embedder.path, embedder.max_length, embedder.torch_dtype
-    device = embedder.device if not args.device else args.device
+    device = embedder.device
     del pipeline, embedder, chunker
     _preload(chroma=False)
     imported = time.perf_counter()
