@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("-k", type=int, default=10, help="deepest k measured (default 10)")
     qa.add_argument("--mode", choices=["dense", "lexical", "hybrid"])
     qa.add_argument("--generate", action="store_true", help="also generate answers: exact match and F1")
+    qa.add_argument("--context", choices=["retrieved", "gold", "none"], default="retrieved",
+                    help="with --generate, answer from the retrieved chunks (default), the gold paragraph "
+                         "alone (upper bound) or nothing (closed book)")
     qa.add_argument("--limit", type=int, help="only the first N questions")
     qa.add_argument("--out", metavar="DIR")
     _common(qa)
@@ -153,6 +156,8 @@ def _answer_dict(answer) -> dict[str, Any]:
             for n in answer.citations
         ],
         "unknown_citations": answer.unknown_citations,
+        "cited_by": answer.cited_by,
+        "warnings": answer.warnings,
         "hits": [hit_dict(h) for h in answer.hits],
         "dropped_hits": answer.dropped_hits,
         "timings": answer.timings,
@@ -165,7 +170,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     pipeline = _pipeline(args)
     if args.json:
-        _emit_json(_answer_dict(pipeline.ask(args.question, args.k, mode=args.mode)))
+        answer = pipeline.ask(args.question, args.k, mode=args.mode)
+        for warning in answer.warnings:
+            print(f"rag: warning: {warning}", file=sys.stderr)
+        _emit_json(_answer_dict(answer))
         return 0
     answer = None
     for piece in pipeline.stream(args.question, args.k, mode=args.mode):
@@ -175,8 +183,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
             sys.stdout.write(piece)
             sys.stdout.flush()
     print()
+    for warning in answer.warnings:
+        print(f"rag: warning: {warning}", file=sys.stderr)
     if answer.dropped_hits:
-        print(f"({answer.dropped_hits} retrieved chunks did not fit the context window)", file=sys.stderr)
+        print(f"({answer.dropped_hits} retrieved sources did not fit the context window)", file=sys.stderr)
     if answer.citations:
         print("\nSources:")
         for n in answer.citations:
@@ -206,7 +216,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                             out=args.out)
     else:
         result = harness.evaluate_qa(pipeline, args.squad, k=args.k, mode=args.mode, generate=args.generate,
-                                     limit=args.limit, out=args.out)
+                                     limit=args.limit, out=args.out, context=args.context)
     if args.json:
         _emit_json(result)
     else:

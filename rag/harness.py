@@ -21,7 +21,7 @@ from rag import evaluation
 from rag.config import dump_settings
 from rag.errors import ConfigError
 from rag.pipeline import Pipeline, hit_dict, log
-from rag.types import Document
+from rag.types import Chunk, Document, Hit
 
 
 def _eval_collection(pipeline: Pipeline, dataset: str | Path) -> None:
@@ -119,9 +119,19 @@ def _coverage(paragraph: tuple[int, int], spans: list[tuple[int, int]]) -> float
     return covered / max(1, end - start)
 
 
+QA_CONTEXTS = ("retrieved", "gold", "none")
+
+
 def evaluate_qa(pipeline: Pipeline, squad: str | Path, *, k: int = 10, mode: str | None = None,
-                generate: bool = False, limit: int | None = None, out: str | Path | None = None) -> dict[str, Any]:
-    """Answer recall@1/5/10 and gold-paragraph coverage; with ``generate``, EM and F1 as well."""
+                generate: bool = False, limit: int | None = None, out: str | Path | None = None,
+                context: str = "retrieved") -> dict[str, Any]:
+    """Answer recall@1/5/10 and gold-paragraph coverage; with ``generate``, EM and F1 as well.
+
+    ``context`` says what the generator answers from: the retrieved chunks (what users get), the gold
+    paragraph as the only source (the upper bound retrieval could reach), or nothing (closed book: what
+    the model knows by itself)."""
+    if context not in QA_CONTEXTS:
+        raise ConfigError(f"--context {context!r}: use one of {', '.join(QA_CONTEXTS)}")
     started = time.perf_counter()
     articles, questions = evaluation.read_squad(squad)
     if limit:
@@ -163,9 +173,18 @@ def evaluate_qa(pipeline: Pipeline, squad: str | Path, *, k: int = 10, mode: str
             row[f"coverage@{x}"] = covered
         if generate:
             clock = time.perf_counter()
-            answer = pipeline.ask(question.question, k)
+            given = None
+            if context == "none":
+                given = []
+            elif context == "gold":
+                gold = Chunk(id=question.id, document_id=f"{squad_path}#{question.title}", text=question.context,
+                             start=paragraph[0], end=paragraph[1],
+                             metadata={"source": f"{squad_path}#{question.title}", "title": question.title})
+                given = [Hit(chunk=gold, score=1.0, rank=1)]
+            answer = pipeline.ask(question.question, k, hits=given)
             answer_seconds.append(time.perf_counter() - clock)
-            row.update(prediction=answer.text, em=evaluation.exact_match(answer.text, question.answers),
+            row.update(prediction=answer.text, prompt_has_gold=question.context in answer.prompt,
+                       em=evaluation.exact_match(answer.text, question.answers),
                        f1=evaluation.token_f1(answer.text, question.answers))
             em += row["em"]
             f1 += row["f1"]
@@ -183,6 +202,7 @@ def evaluate_qa(pipeline: Pipeline, squad: str | Path, *, k: int = 10, mode: str
         "metrics": metrics,
         "latency_ms": _latency(latencies),
         "answer_latency_ms": _latency(answer_seconds) if generate else None,
+        "context": context if generate else None,
         "ingest": ingest.as_dict(),
         "seconds": time.perf_counter() - started,
         "config": pipeline.settings.model_dump(mode="json", exclude={"store": {"token"}}),
@@ -264,7 +284,8 @@ def run_job(pipeline: Pipeline) -> dict[str, Any]:
             "citations": [{"number": n, "source": answer.hits[n - 1].chunk.metadata.get("source"),
                            "page": answer.hits[n - 1].chunk.metadata.get("page")} for n in answer.citations],
             "hits": [{k: v for k, v in hit_dict(h).items() if k != "metadata"} for h in answer.hits],
-            "dropped_hits": answer.dropped_hits, "timings": answer.timings, "usage": answer.usage,
+            "dropped_hits": answer.dropped_hits, "warnings": answer.warnings, "timings": answer.timings,
+            "usage": answer.usage,
         })
         log(f"answered {len(rows)}/{len(questions)}")
     answers_path, config_path = out / "answers.jsonl", out / "config.yaml"

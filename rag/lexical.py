@@ -93,6 +93,13 @@ class LexicalIndex:
     def __len__(self) -> int:
         return len(self._order)
 
+    def terms(self, texts: list[str]) -> list[list[int]]:
+        """Each text as BM25 terms of this index's analysis (stemmer, stop words), as term ids of a
+        tokenizer of its own: for scoring texts that are not in the index, such as sentences."""
+        if not texts:
+            return []
+        return self._new_tokenizer().tokenize(texts, update_vocab=True, show_progress=False, allow_empty=False)
+
     def load(self) -> bool:
         """Read the saved index; False (never an exception) if it is missing, unreadable or was
         built with other settings, so the caller simply rebuilds."""

@@ -26,15 +26,19 @@ from rag.chunking import Chunker
 from rag.config import Settings, load_settings
 from rag.embedding import Embedder
 from rag.errors import LoadError, RagError, StoreError
+from rag.evidence import best_sentences
 from rag.generation import Generator
 from rag.lexical import LexicalIndex
 from rag.loaders import iter_files, load_file
-from rag.prompting import PromptBuilder, parse_citations
+from rag.prompting import PromptBuilder, attribute, parse_citations
 from rag.retrieval import Retriever, Reranker
 from rag.store import Store
 from rag.types import Answer, Chunk, Document, Hit
 
 LEXICAL_FLUSH = 20_000  # chunk texts held for the lexical index before it is brought up to date
+# Generators with fewer parameters get the "auto" answer settings for small models: the best
+# sentences instead of whole chunks, a short-answer template, citations found by word overlap.
+SMALL_GENERATOR = 1_000_000_000
 
 
 def printable(text: str) -> str:
@@ -147,6 +151,7 @@ class Pipeline:
         self._generator: Generator | None = None
         self._prompt: PromptBuilder | None = None
         self._retriever: Retriever | None = None
+        self._small_generator: bool | None = None
         self._lexical_pending: dict[str, str | None] = {}  # chunk id -> text (None: deleted)
         self._lexical_in_step = False
 
@@ -242,11 +247,33 @@ class Pipeline:
         return self._generator
 
     @property
+    def small_generator(self) -> bool:
+        """Whether the generator is small enough for the small-model answer settings (loads it)."""
+        if self._small_generator is None:
+            self._small_generator = self.generator.parameters < SMALL_GENERATOR
+        return self._small_generator
+
+    @property
     def prompt(self) -> PromptBuilder:
         if self._prompt is None:
             s = self.settings.prompt
-            self._prompt = PromptBuilder(s.template, variables=s.variables)
+            template = s.template
+            if template == "auto":
+                template = "qa_short" if self.small_generator else "qa_cited"
+            self._prompt = PromptBuilder(template, variables=s.variables)
         return self._prompt
+
+    def _evidence(self, question: str, hits: list[Hit]) -> list[Hit]:
+        """What the prompt shows: the hits themselves, or their best sentences."""
+        s = self.settings.prompt
+        sentences = s.evidence == "sentences" or (s.evidence == "auto" and self.small_generator)
+        if not sentences or not hits:
+            return hits
+        return best_sentences(
+            question, hits, count=s.evidence_sentences,
+            embed_query=lambda text: self.embedder.embed_queries([text])[0],
+            embed_texts=self.embedder.embed_documents, tokenize=self.lexical.terms,
+        )
 
     # -- ingestion ------------------------------------------------------------------------------
 
@@ -464,29 +491,42 @@ class Pipeline:
             raise StoreError(f"store at {store.location} is empty; run `rag ingest PATH` first")
         return self.retriever(mode).search(query, k, mode=mode, where=where)
 
-    def ask(self, question: str, k: int | None = None, *, mode: str | None = None) -> Answer:
+    def ask(self, question: str, k: int | None = None, *, mode: str | None = None,
+            hits: list[Hit] | None = None) -> Answer:
         answer = None
-        for piece in self.stream(question, k, mode=mode):
+        for piece in self.stream(question, k, mode=mode, hits=hits):
             if isinstance(piece, Answer):
                 answer = piece
         assert answer is not None
         return answer
 
-    def stream(self, question: str, k: int | None = None, *, mode: str | None = None) -> Iterator[str | Answer]:
-        """Yields the answer's text pieces as they are generated, then the finished Answer."""
+    def stream(self, question: str, k: int | None = None, *, mode: str | None = None,
+               hits: list[Hit] | None = None) -> Iterator[str | Answer]:
+        """Yields the answer's text pieces as they are generated, then the finished Answer. ``hits``
+        given: answer from those instead of retrieving (an evaluation's gold passage, or none)."""
         timings: dict[str, float] = {}
         clock = time.perf_counter()
-        hits = self.search(question, k, mode=mode)
+        if hits is None:
+            hits = self.search(question, k, mode=mode)
+        else:
+            hits = list(hits)
         timings["retrieval"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         generator = self.generator
+        evidence = self._evidence(question, hits)
         budget = generator.context_window - generator.max_new_tokens
         user_message, kept, dropped = self.prompt.pack(
-            question, hits, lambda text: generator.count_tokens(generator.format_prompt(text)), budget,
+            question, evidence, lambda text: generator.count_tokens(generator.format_prompt(text)), budget,
             escape=generator.neutralize,
         )
         prompt = generator.format_prompt(user_message)
+        warnings = []
+        if not hits:
+            warnings.append("nothing was retrieved for this question, so the answer rests on no source")
+        elif not kept:
+            warnings.append(f"none of the {len(evidence)} retrieved sources fit the context window, so the "
+                            "answer rests on no source; lower generation.max_new_tokens or chunking.chunk_size")
         timings["prompt"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -506,8 +546,12 @@ class Pipeline:
         timings.setdefault("first_token", timings["generation"])
         text = "".join(pieces)
         cited, unknown = parse_citations(text, len(kept))
+        cited_by = "answer"
+        if not cited and not unknown:
+            cited = attribute(text, [hit.chunk.text for hit in kept])
+            cited_by = "overlap" if cited else "answer"
         yield Answer(text=text, hits=kept, citations=cited, prompt=prompt, timings=timings, usage=usage,
-                     dropped_hits=dropped, unknown_citations=unknown)
+                     dropped_hits=dropped, unknown_citations=unknown, cited_by=cited_by, warnings=warnings)
 
     # -- what the store holds -------------------------------------------------------------------
 

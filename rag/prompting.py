@@ -238,3 +238,23 @@ def _numbers(group: str) -> list[int]:
         else:
             numbers.extend(ends)
     return numbers
+
+
+_WORD = re.compile(r"\w+")
+# Words that say nothing about where an answer came from.
+_FUNCTION_WORDS = frozenset(
+    "a an the of in on at to for from by with and or is are was were be been it its this that these those "
+    "as than then there their they he she his her him we you i not no yes".split()
+)
+
+
+def attribute(answer: str, texts: list[str], *, threshold: float = 0.5) -> list[int]:
+    """The source (1-based) whose text holds the largest share of the answer's words, when that share
+    is at least ``threshold``; ``[]`` otherwise. For answers that cite nothing themselves: a small
+    model copies its answer from a source far more reliably than it writes ``[n]``."""
+    words = {w for w in _WORD.findall(answer.lower()) if w not in _FUNCTION_WORDS}
+    if not words or not texts:
+        return []
+    shares = [len(words & set(_WORD.findall(text.lower()))) / len(words) for text in texts]
+    best = max(range(len(texts)), key=lambda i: shares[i])
+    return [best + 1] if shares[best] >= threshold else []

@@ -56,3 +56,8 @@ class Answer:
     usage: dict[str, int] = field(default_factory=dict)
     dropped_hits: int = 0
     unknown_citations: list[int] = field(default_factory=list)
+    # "answer": the numbers the answer wrote ([n]); "overlap": the answer cited nothing, and these are
+    # the sources whose text holds most of its words (see rag.prompting.attribute).
+    cited_by: str = "answer"
+    # Why the answer may not rest on the documents (nothing retrieved, nothing fit the budget).
+    warnings: list[str] = field(default_factory=list)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rag.cli import main
+from rag.loaders import load_file
 from rag.pipeline import Pipeline
 from rag.types import Answer
 from support import PROSE, make_folder
@@ -36,9 +37,11 @@ def store(tmp_path_factory, minilm_path) -> Path:
 
 
 def settings(store: Path, minilm_path: Path, model: Path, **generation) -> dict:
+    """Whole chunks and the citing template: the tiny model is "small", so "auto" would pick sentences."""
     return {
         "store": {"path": str(store)},
         "embedding": {"model": str(minilm_path)},
+        "prompt": {"template": "qa_cited", "evidence": "chunks"},
         "generation": {"model": str(model), "max_new_tokens": 12, **generation},
     }
 
@@ -101,7 +104,8 @@ def test_document_text_cannot_end_the_user_turn(tmp_path, minilm_path, tiny_lm):
 def test_cli_ask_json(store, minilm_path, tiny_lm, capsys):
     code = main(["ask", "What does fault code E07 mean?", "--json", "-k", "2", "--store", str(store),
                  "--set", f"embedding.model={minilm_path}", "--set", f"generation.model={tiny_lm}",
-                 "--set", "generation.max_new_tokens=8", "--set", "generation.context_window=1024"])
+                 "--set", "generation.max_new_tokens=8", "--set", "generation.context_window=1024",
+                 "--set", "prompt.evidence=chunks"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert {"answer", "citations", "hits", "timings", "usage"} <= result.keys()
@@ -164,3 +168,44 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, store, minilm_
     if case != "empty question":
         assert main(["run", str(config), *[a for s in sets for a in ("--set", s)]]) == 2
         assert not (tmp_path / "out").exists()
+
+
+def test_small_generator_gets_the_best_sentences_with_their_offsets(store, minilm_path, tiny_lm):
+    config = settings(store, minilm_path, tiny_lm, context_window=2048)
+    del config["prompt"]  # the defaults: auto
+    pipeline = Pipeline.from_config(config)
+    answer = pipeline.ask("What is the hotel limit in London?", k=3)
+    assert pipeline.small_generator and pipeline.prompt.path.name == "qa_short.j2"
+    assert len(answer.hits) == pipeline.settings.prompt.evidence_sentences
+    best = answer.hits[0].chunk
+    assert "220 EUR in London" in best.text and best.text.count(".") <= 1  # a sentence, not the chunk
+    text = load_file(SAMPLE_DOCS / "travel-policy.md")[0].text  # offsets are in the document's text
+    for hit in answer.hits:  # each sentence points at its chunk and at its exact span
+        chunk_ids = {h.chunk.id for h in pipeline.search("What is the hotel limit in London?", 3)}
+        assert hit.chunk.id in chunk_ids
+        if hit.chunk.metadata["source"].endswith("travel-policy.md"):
+            assert text[hit.chunk.start:hit.chunk.end] == hit.chunk.text
+        assert " ".join(hit.chunk.text.split()) in answer.prompt
+
+
+def test_nothing_retrieved_is_said_in_the_answer(store, minilm_path, tiny_lm, capsys):
+    config = settings(store, minilm_path, tiny_lm, context_window=1024)
+    config["retrieval"] = {"score_threshold": 0.99}
+    answer = Pipeline.from_config(config).ask("What is the hotel limit in London?")
+    assert answer.hits == [] and answer.citations == []
+    assert answer.warnings and "nothing was retrieved" in answer.warnings[0]
+    code = main(["ask", "What is the hotel limit in London?", "--json", "--store", str(store),
+                 "--set", f"embedding.model={minilm_path}", "--set", f"generation.model={tiny_lm}",
+                 "--set", "retrieval.score_threshold=0.99", "--set", "generation.context_window=1024"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert json.loads(captured.out)["warnings"] == answer.warnings
+    assert captured.err.count("rag: warning: nothing was retrieved") == 1
+
+
+def test_no_source_fitting_the_budget_is_said_in_the_answer(store, minilm_path, tiny_lm):
+    # Room for the template and the question, not for any chunk of ~60+ tokens.
+    pipeline = Pipeline.from_config(settings(store, minilm_path, tiny_lm, context_window=190, max_new_tokens=4))
+    answer = pipeline.ask("What is the hotel limit in London?", k=2)
+    assert answer.hits == [] and answer.dropped_hits == 2
+    assert answer.warnings and "fit the context window" in answer.warnings[0]

@@ -113,6 +113,20 @@ def test_eval_qa(tmp_path, minilm_path, capsys):
     assert generated["answer_latency_ms"]["p50"] > 0
     assert generated["ingest"]["chunks_embedded"] == 0
 
+    # The same questions answered from the gold paragraph alone, and from nothing (closed book).
+    for context in ("gold", "none"):
+        out = tmp_path / f"out-{context}"
+        run_json(capsys, "eval", "qa", "--squad", str(squad), "--generate", "--limit", "2", "--context", context,
+                 "--out", str(out), *common, "--set", f"generation.model={model}",
+                 "--set", "generation.max_new_tokens=4", "--set", "generation.context_window=2048",
+                 "--set", "prompt.template=qa", "--set", "prompt.evidence=chunks")
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["context"] == context and metrics["questions"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "out-gold" / "per_query.jsonl").read_text().splitlines()]
+    assert all(r["prompt_has_gold"] for r in rows)
+    rows = [json.loads(line) for line in (tmp_path / "out-none" / "per_query.jsonl").read_text().splitlines()]
+    assert not any(r["prompt_has_gold"] for r in rows)
+
 
 def test_eval_bad_dataset_is_one_line(tmp_path, minilm_path, capsys):
     bad = tmp_path / "qrels.tsv"
