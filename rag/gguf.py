@@ -120,9 +120,8 @@ def _convert(gguf: Path, target: Path, digest: str, setting: str) -> None:
         # The loaded model is marked as quantized and will not save; a plain model built from the
         # same config holds the same (dequantized) weights and saves normally.
         config = loaded.config
-        for attribute in ("quantization_config",):
-            if hasattr(config, attribute):
-                delattr(config, attribute)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(loaded.state_dict())
         model.generation_config = loaded.generation_config
