@@ -100,11 +100,12 @@ class GenerationSettings(Section):
     model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    max_new_tokens: int = Field(default=256, ge=1)
+    # "auto": 48 tokens ending at the first line break for small generators (short answers), else 256
+    max_new_tokens: int | Literal["auto"] = "auto"
     temperature: float = Field(default=0.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     repetition_penalty: float = Field(default=1.0, gt=0)
-    stop: list[str] = []
+    stop: list[str] | Literal["auto"] = "auto"
     seed: int | None = 0
     context_window: int | None = None
     system_prompt: str | None = None

@@ -37,12 +37,13 @@ def store(tmp_path_factory, minilm_path) -> Path:
 
 
 def settings(store: Path, minilm_path: Path, model: Path, **generation) -> dict:
-    """Whole chunks and the citing template: the tiny model is "small", so "auto" would pick sentences."""
+    """Whole chunks, the citing template, no stop strings: the tiny model is "small", so "auto" would
+    pick sentences and one-line answers."""
     return {
         "store": {"path": str(store)},
         "embedding": {"model": str(minilm_path)},
         "prompt": {"template": "qa_cited", "evidence": "chunks"},
-        "generation": {"model": str(model), "max_new_tokens": 12, **generation},
+        "generation": {"model": str(model), "max_new_tokens": 12, "stop": [], **generation},
     }
 
 

@@ -66,6 +66,17 @@ def test_default_generator_answers_the_readme_question_with_its_source(gguf_cach
     cited = [answer.hits[n - 1].chunk.metadata["source"] for n in answer.citations]
     assert cited and cited[0].endswith("onboarding.html"), (answer.text, cited)
     assert answer.warnings == []
+    # A small generator's "auto" answer: one short line.
+    assert "\n" not in answer.text and answer.usage["completion_tokens"] <= 48
+
+
+def test_answer_length_settings_override_the_small_model_defaults(gguf_cache, tmp_path):
+    pipeline = Pipeline.from_config({"store": {"path": str(tmp_path / "store")},
+                                     "generation": {"max_new_tokens": 5, "stop": ["days"]}})
+    pipeline.ingest([SAMPLE_DOCS])
+    answer = pipeline.ask(QUESTION)
+    assert pipeline.generator.max_new_tokens == 5 and pipeline.generator.stop == ("days",)
+    assert answer.usage["completion_tokens"] <= 5 and "days" not in answer.text
 
 
 def test_default_generator_through_the_cli(gguf_cache, tmp_path, capsys):
