@@ -60,10 +60,18 @@ def weighted(scores: dict[str, dict[str, float]], weights: dict[str, float]) -> 
     return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
 
 
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """Vectors scaled to length 1 (a zero vector stays zero), so that dot products are cosines even
+    when ``embedding.normalize`` is off."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
+
+
 def mmr(query: np.ndarray, vectors: np.ndarray, k: int, lambda_: float = 0.5) -> list[int]:
-    """Maximal marginal relevance: indices picked greedily for relevance minus redundancy."""
+    """Maximal marginal relevance over cosines: indices picked greedily for relevance minus redundancy."""
     if len(vectors) == 0:
         return []
+    query, vectors = unit(query), unit(vectors)
     relevance = vectors @ query
     similarity = vectors @ vectors.T
     chosen: list[int] = []
@@ -191,7 +199,7 @@ class Retriever:
             wanted = [i for i in ids if i not in chunks or (with_vectors and i not in vectors)]
             for chunk, vector in self.store.get(wanted, embeddings=True):
                 chunks[chunk.id], vectors[chunk.id] = chunk, vector
-                cosine[chunk.id] = float(vector @ query)
+                cosine[chunk.id] = float(unit(vector) @ unit(query))
 
         # The threshold and MMR look at every candidate; otherwise only the hits shown are completed.
         head = len(ranked) if (self.score_threshold is not None or self.use_mmr) else self._rerank_depth(k)

@@ -42,6 +42,10 @@ def test_mmr_prefers_diversity():
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     assert mmr(query, vectors, 2, lambda_=1.0) == [0, 1]  # pure relevance
     assert mmr(query, vectors, 2, lambda_=0.5) == [0, 2]  # the near-duplicate is passed over
+    # Cosines, not dot products: vector lengths (embedding.normalize off) change nothing.
+    scaled = vectors * np.array([[3.0], [0.2], [7.0]])
+    for lambda_ in (1.0, 0.5):
+        assert mmr(5 * query, scaled, 2, lambda_=lambda_) == mmr(query, vectors, 2, lambda_=lambda_)
 
 
 @pytest.fixture()
@@ -110,6 +114,25 @@ def test_hybrid_hits_report_every_retriever(tmp_path, config):
     weighted_hits = Pipeline.from_config(config).search("helium cooled telescope mirrors", k=3)  # the default
     assert weighted_hits[0].chunk.id == top.chunk.id
     assert all(0.0 <= h.score <= 1.0 for h in weighted_hits)
+
+
+def test_dense_scores_are_cosines_without_normalized_vectors(tmp_path, config):
+    config = {**config, "embedding": {**config["embedding"], "normalize": False}}
+    Pipeline.from_config(config).ingest([make_folder(tmp_path / "docs", PROSE)])
+    pipeline = Pipeline.from_config(config)
+    question = "helium cooled telescope mirrors"
+    query = pipeline.embedder.embed_queries([question])[0]
+    assert abs(np.linalg.norm(query) - 1.0) > 1e-3  # the vectors really are not unit length
+    by_chroma = {h.chunk.id: h.scores["dense"] for h in pipeline.search(question, k=10, mode="dense")}
+    for mode in ("lexical", "hybrid", "dense"):  # lexical hits get their cosine from the stored vector
+        hits = pipeline.search(question, k=5, mode=mode)
+        stored = {chunk.id: vector for chunk, vector in pipeline.store.get([h.chunk.id for h in hits], embeddings=True)}
+        for hit in hits:
+            vector = stored[hit.chunk.id]
+            cosine = float(vector @ query / (np.linalg.norm(vector) * np.linalg.norm(query)))
+            assert hit.scores["dense"] == pytest.approx(cosine, abs=1e-5), mode
+            if hit.chunk.id in by_chroma:
+                assert hit.scores["dense"] == pytest.approx(by_chroma[hit.chunk.id], abs=1e-5), mode
 
 
 def test_filters_and_threshold(tmp_path, config):
