@@ -96,7 +96,7 @@ def _emit_json(data: Any) -> None:
 
 
 def _where(metadata: dict[str, Any]) -> str:
-    from rag.pipeline import printable
+    from rag.indexing import printable
 
     source = str(metadata.get("source", "?"))
     cwd = os.getcwd().rstrip("/") + "/"
@@ -145,39 +145,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _answer_dict(answer) -> dict[str, Any]:
-    from rag.pipeline import hit_dict
-
-    return {
-        "answer": answer.text,
-        "citations": [
-            {"number": n, "id": answer.hits[n - 1].chunk.id, "source": answer.hits[n - 1].chunk.metadata.get("source"),
-             "page": answer.hits[n - 1].chunk.metadata.get("page")}
-            for n in answer.citations
-        ],
-        "unknown_citations": answer.unknown_citations,
-        "cited_by": answer.cited_by,
-        "warnings": answer.warnings,
-        "hits": [hit_dict(h) for h in answer.hits],
-        "dropped_hits": answer.dropped_hits,
-        "timings": answer.timings,
-        "usage": answer.usage,
-    }
-
-
 def _print_warnings(answer) -> None:
     for warning in answer.warnings:
         print(f"rag: warning: {warning}", file=sys.stderr)
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    from rag.pipeline import answer_dict
     from rag.types import Answer
 
     pipeline = _pipeline(args)
     if args.json:
         answer = pipeline.ask(args.question, args.k, mode=args.mode)
         _print_warnings(answer)
-        _emit_json(_answer_dict(answer))
+        _emit_json(answer_dict(answer))
         return 0
     answer = None
     for piece in pipeline.stream(args.question, args.k, mode=args.mode):

@@ -6,6 +6,7 @@ are resolved against that file's folder, so a config means the same thing from a
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +34,6 @@ class LoadingSettings(Section):
     exclude: list[str] = []
     json_text_field: str = "text"
     max_file_bytes: int = 50_000_000
-    prepare_ahead: bool | Literal["auto"] = "auto"
 
 
 class ChunkingSettings(Section):
@@ -47,7 +47,6 @@ class EmbeddingSettings(Section):
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     batch_size: int = Field(default=32, ge=1)
-    write_batch: int = Field(default=1024, ge=1)
     pooling: Literal["mean", "cls", "last", "max"] | None = None
     normalize: bool = True
     max_length: int | None = None
@@ -55,6 +54,17 @@ class EmbeddingSettings(Section):
     document_prefix: str | None = None
     quantize: Literal["none", "int8"] = "none"
     trust_remote_code: bool = False
+
+
+class IngestSettings(Section):
+    """How an ingest runs, whatever the stages are: batching and overlap."""
+
+    write_batch: int = Field(default=1024, ge=1)  # chunks embedded and written to the store together
+    prepare_ahead: bool | Literal["auto"] = "auto"  # load and chunk in a thread ahead of embedding
+
+
+# Keys that moved, old -> new: still read, with a one-line note.
+MOVED_KEYS = {"embedding.write_batch": "ingest.write_batch", "loading.prepare_ahead": "ingest.prepare_ahead"}
 
 
 class LexicalSettings(Section):
@@ -123,6 +133,7 @@ class Settings(Section):
     loading: LoadingSettings = LoadingSettings()
     chunking: ChunkingSettings = ChunkingSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
+    ingest: IngestSettings = IngestSettings()
     lexical: LexicalSettings = LexicalSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     rerank: RerankSettings = RerankSettings()
@@ -167,6 +178,17 @@ def _get_dotted(data: dict[str, Any], key: str) -> Any:
             return None
         node = node[part]
     return node
+
+
+def _move_old_keys(data: dict[str, Any], origin: str) -> None:
+    for old, new in MOVED_KEYS.items():
+        section, key = old.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            value = data[section].pop(key)
+            if _get_dotted(data, new) is None:
+                _set_dotted(data, new, value, origin)
+            where = "" if origin == "defaults" else f"{origin}: "
+            print(f"rag: note: {where}{old} is now {new}; the old key still works", file=sys.stderr)
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -231,6 +253,7 @@ def load_settings(
     for item in sets or []:
         key, value = parse_override(item)
         _set_dotted(data, key, value, "--set")
+    _move_old_keys(data, origin)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:

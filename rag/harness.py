@@ -20,7 +20,7 @@ from typing import Any
 from rag import evaluation
 from rag.config import dump_settings
 from rag.errors import ConfigError
-from rag.pipeline import Pipeline, hit_dict, log
+from rag.pipeline import Pipeline, answer_dict, log
 from rag.types import Chunk, Document, Hit
 
 
@@ -279,14 +279,7 @@ def run_job(pipeline: Pipeline) -> dict[str, Any]:
     rows = []
     for item in questions:
         answer = pipeline.ask(item["question"])
-        rows.append({
-            "id": item["id"], "question": item["question"], "answer": answer.text,
-            "citations": [{"number": n, "source": answer.hits[n - 1].chunk.metadata.get("source"),
-                           "page": answer.hits[n - 1].chunk.metadata.get("page")} for n in answer.citations],
-            "hits": [{k: v for k, v in hit_dict(h).items() if k != "metadata"} for h in answer.hits],
-            "dropped_hits": answer.dropped_hits, "warnings": answer.warnings, "timings": answer.timings,
-            "usage": answer.usage,
-        })
+        rows.append({"id": item["id"], "question": item["question"], **answer_dict(answer)})
         log(f"answered {len(rows)}/{len(questions)}")
     answers_path, config_path = out / "answers.jsonl", out / "config.yaml"
     _write_atomic(config_path, dump_settings(pipeline.settings))

@@ -1,41 +1,32 @@
 """Wires the stages: ingest(), search(), ask(), stream(). Only this module knows the whole chain.
 
-Ingestion is incremental and crash-safe because the Chroma collection is the only record of what was
-ingested. Each chunk carries its file's ``file_signature`` (a hash of the file's bytes and of the
-settings that shaped its chunks) and ``file_chunks`` (how many chunks the file has). A file is
-unchanged when all its stored chunks carry the current signature and there are exactly
-``file_chunks`` of them. A changed file gets its new chunks written first and its stale chunks deleted
-after, so a crash at any point leaves either the old chunks or a state the next ingest repairs:
-chunks already written are found by id and not embedded again.
+It builds each stage once, on first use, from the settings, and hands them to one another: the
+Indexer (rag.indexing) gets the loader, chunker, embedder, store and lexical index; the Retriever the
+store, query encoder and lexical index; an answer is evidence -> prompt -> generator -> citations.
 """
 
 from __future__ import annotations
 
-import hashlib
-import queue
-import stat
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from rag.chunking import Chunker
 from rag.config import Settings, load_settings
 from rag.embedding import Embedder
-from rag.errors import LoadError, RagError, StoreError
+from rag.errors import RagError, StoreError
 from rag.evidence import best_sentences
 from rag.generation import Generator
+from rag.indexing import IngestReport, Indexer, log
 from rag.lexical import LexicalIndex
 from rag.loaders import iter_files, load_file
 from rag.prompting import PromptBuilder, attribute, parse_citations
 from rag.retrieval import Retriever, Reranker
 from rag.store import Store
-from rag.types import Answer, Chunk, Document, Hit
+from rag.types import Answer, Document, Hit
 
-LEXICAL_FLUSH = 20_000  # chunk texts held for the lexical index before it is brought up to date
 # Generators with fewer parameters get the "auto" answer settings for small models: the best
 # sentences instead of whole chunks, a short-answer template, citations found by word overlap.
 SMALL_GENERATOR = 1_000_000_000
@@ -44,91 +35,6 @@ SMALL_GENERATOR = 1_000_000_000
 # the first line break; 120 questions), and cost a second per answer.
 SHORT_ANSWER = {"max_new_tokens": 48, "stop": ("\n",)}
 LONG_ANSWER = {"max_new_tokens": 256, "stop": ()}
-
-
-def printable(text: str) -> str:
-    """A file name fit for a one-line message: newlines and other control characters escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def log(message: str) -> None:
-    """Messages go to stderr so that stdout stays clean for --json."""
-    print(message, file=sys.stderr, flush=True)
-
-
-@dataclass
-class IngestReport:
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    failed: int = 0
-    chunks_embedded: int = 0
-    chunks_deleted: int = 0
-    chunks_total: int = 0
-    seconds: float = 0.0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return (
-            f"files: {self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
-            f"{self.removed} removed, {self.failed} failed; chunks: {self.chunks_embedded} embedded, "
-            f"{self.chunks_deleted} deleted, {self.chunks_total} in store ({self.seconds:.1f} s)"
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "failures"}
-        data["failures"] = [{"source": s, "reason": r} for s, r in self.failures]
-        return data
-
-
-@dataclass
-class _FileWork:
-    """One file on its way through ingestion."""
-
-    source: str
-    signature: str = ""
-    status: str = "unchanged"  # unchanged | added | updated | failed
-    chunks: list[Chunk] = field(default_factory=list)
-    reason: str = ""
-
-
-def _unchanged(stored: dict[str, tuple[str, int]], signature: str) -> bool:
-    """All of a source's chunks carry this signature, and none is missing."""
-    return bool(stored) and all(sig == signature and count == len(stored) for sig, count in stored.values())
-
-
-def _ahead(make: Callable[[], Iterator[Any]], depth: int = 16) -> Iterator[Any]:
-    """Runs an iterator in a thread a few items ahead of its consumer. Loading and chunking then
-    overlap with embedding on a GPU, and only ``depth`` items are ever held."""
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def produce() -> None:
-        try:
-            for item in make():
-                if stop.is_set():
-                    return
-                ready.put(item)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer and raised there
-            ready.put(exc)
-        ready.put(done)
-
-    thread = threading.Thread(target=produce, name="rag-prepare", daemon=True)
-    thread.start()
-    try:
-        while (item := ready.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                ready.get(timeout=0.1)
-            except queue.Empty:
-                pass
 
 
 def _overrides_from_kwargs(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -157,8 +63,6 @@ class Pipeline:
         self._prompt: PromptBuilder | None = None
         self._retriever: Retriever | None = None
         self._small_generator: bool | None = None
-        self._lexical_pending: dict[str, str | None] = {}  # chunk id -> text (None: deleted)
-        self._lexical_in_step = False
 
     @classmethod
     def from_yaml(cls, path: str | Path | None, *, sets: list[str] | None = None, **overrides: Any) -> Pipeline:
@@ -294,185 +198,38 @@ class Pipeline:
 
     # -- ingestion ------------------------------------------------------------------------------
 
-    def _signature_salt(self) -> str:
-        """Settings that change what chunks a file yields: a change re-ingests the file."""
-        s = self.settings
-        return (f"{s.chunking.strategy}:{self.chunker.limit}:{s.chunking.chunk_overlap}:"
-                f"{s.loading.json_text_field}:{self.embedder.model_name}")
-
     def ingest(self, paths: Iterable[str | Path], *, sync: bool = False, wait: bool = True) -> IngestReport:
-        """Load, chunk, embed and store every supported file under ``paths``; see the module docstring.
+        """Load, chunk, embed and store every supported file under ``paths`` (see rag.indexing).
         With ``sync``, files ingested before from under ``paths`` that are gone now are removed."""
         paths = [Path(p) for p in paths]
         loading = self.settings.loading
         items = lambda: iter_files(paths, loading.include, loading.exclude)  # noqa: E731
-        return self._ingest(items, self._prepare_file, sync_roots=paths if sync else None, wait=wait)
+        return self._indexer().run(items, sync_roots=paths if sync else None, wait=wait)
 
     def ingest_documents(self, documents: Iterable[Document], *, wait: bool = True) -> IngestReport:
         """Ingest documents made in memory (e.g. an evaluation corpus); ``metadata["source"]`` is each
         one's identity, as a file's path is for files."""
-        return self._ingest(lambda: iter(documents), self._prepare_document, sync_roots=None, wait=wait)
+        return self._indexer().run(lambda: iter(documents), wait=wait)
 
-    def _ingest(self, items, prepare, *, sync_roots: list[Path] | None, wait: bool) -> IngestReport:
-        started = time.perf_counter()
-        store = self._open_store(create=True)
-        report = IngestReport()
-        with store.write_lock(wait=wait, timeout=self.settings.store.lock_timeout,
-                              on_wait=lambda: log(f"waiting for another ingest to finish writing to {store.location}")):
-            known: dict[str, dict[str, tuple[str, int]]] = {}
-            for chunk_id, metadata in store.iter_metadata():
-                entry = (str(metadata.get("file_signature", "")), int(metadata.get("file_chunks", -1)))
-                known.setdefault(str(metadata.get("source", "")), {})[chunk_id] = entry
-            # An index in step with the store is updated incrementally; any other is rebuilt at the end.
-            self._lexical_in_step = self.lexical.load() and self.lexical.state == store.state
-            self._lexical_pending = {}
-            store.bump_state()  # from here on the lexical index is stale until brought up to date
-            salt = self._signature_salt()
-            seen: set[str] = set()
-            progress = self._progress_bar()
-            batch: list[_FileWork] = []
-            batch_chunks = 0
-            prepared = lambda: (prepare(item, known, salt) for item in items())  # noqa: E731
-            for work in _ahead(prepared) if self._prepare_ahead() else prepared():
-                seen.add(work.source)
-                progress.update(1)
-                if work.status == "failed":
-                    report.failed += 1
-                    report.failures.append((work.source, work.reason))
-                    log(f"failed: {printable(work.source)}: {work.reason}")
-                elif work.status == "unchanged":
-                    report.unchanged += 1
-                else:
-                    batch.append(work)
-                    batch_chunks += len(work.chunks)
-                    if batch_chunks >= self.settings.embedding.write_batch:
-                        self._write(batch, known, report)
-                        batch, batch_chunks = [], 0
-            self._write(batch, known, report)
-            progress.close()
-            if sync_roots is not None:
-                self._remove_gone(sync_roots, known, seen, report)
-            self._flush_lexical(final=True)
-            report.chunks_total = store.count()
-        report.seconds = time.perf_counter() - started
-        return report
+    def _indexer(self) -> Indexer:
+        s = self.settings
+        # Settings that change what chunks a file yields: a change re-ingests the file.
+        salt = (f"{s.chunking.strategy}:{self.chunker.limit}:{s.chunking.chunk_overlap}:"
+                f"{s.loading.json_text_field}:{self.embedder.model_name}")
+        return Indexer(
+            store=self._open_store(create=True), lexical=self.lexical,
+            load=lambda path: load_file(path, json_text_field=s.loading.json_text_field),  # size checked by it
+            split=self.chunker.split, embed=self.embedder.embed_documents, salt=salt,
+            max_file_bytes=s.loading.max_file_bytes, write_batch=s.ingest.write_batch,
+            prepare_ahead=self._prepare_ahead(), progress=self.progress, lock_timeout=s.store.lock_timeout,
+        )
 
     def _prepare_ahead(self) -> bool:
         """Loading and chunking in a thread overlap with encoding only when the encoder leaves the
         CPU idle (a GPU). On the CPU torch already keeps every core busy: a second thread only
         competes with it, and peak memory grew with corpus size (+15% at 4x the files, +8% without)."""
-        setting = self.settings.loading.prepare_ahead
+        setting = self.settings.ingest.prepare_ahead
         return self.embedder.device != "cpu" if setting == "auto" else bool(setting)
-
-    def _progress_bar(self):
-        from tqdm import tqdm
-
-        return tqdm(desc="ingesting", unit="file", disable=not self.progress, file=sys.stderr, leave=False)
-
-    def _chunked(self, source: str, signature: str, documents: list[Document], stored: dict) -> _FileWork:
-        chunks = [chunk for document in documents for chunk in self.chunker.split(document)]
-        if not chunks:
-            return _FileWork(source, status="failed", reason="no text to index")
-        for chunk in chunks:
-            chunk.metadata.update(document_id=chunk.document_id, file_signature=signature, file_chunks=len(chunks))
-        return _FileWork(source, signature, "updated" if stored else "added", chunks)
-
-    def _prepare_file(self, item: Path | LoadError, known: dict, salt: str) -> _FileWork:
-        """Hash the file; load and chunk it only when the store does not hold it as it is now."""
-        if isinstance(item, LoadError):
-            return _FileWork(item.path, status="failed", reason=item.reason)
-        source = str(item.resolve())
-        limit = self.settings.loading.max_file_bytes
-        try:
-            info = item.stat()
-            if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block the hashing below
-                return _FileWork(source, status="failed", reason="not a regular file")
-            size = info.st_size
-            if size > limit:
-                return _FileWork(source, status="failed",
-                                 reason=f"file is {size} bytes, over the limit of {limit} (loading.max_file_bytes)")
-            digest = hashlib.sha256(salt.encode())
-            with open(item, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-        except OSError as exc:
-            return _FileWork(source, status="failed", reason=f"cannot read: {exc.strerror or exc}")
-        signature = digest.hexdigest()[:32]
-        stored = known.get(source, {})
-        if _unchanged(stored, signature):
-            return _FileWork(source, signature)
-        try:
-            documents = load_file(item, json_text_field=self.settings.loading.json_text_field)  # size checked above
-            return self._chunked(source, signature, documents, stored)
-        except LoadError as exc:
-            return _FileWork(source, status="failed", reason=exc.reason)
-        except RecursionError:
-            return _FileWork(source, status="failed", reason="structure nested too deeply to read")
-
-    def _prepare_document(self, document: Document, known: dict, salt: str) -> _FileWork:
-        source = str(document.metadata.get("source") or document.id)
-        document.metadata.setdefault("source", source)
-        signature = hashlib.sha256(f"{salt}\0{document.text}".encode()).hexdigest()[:32]
-        stored = known.get(source, {})
-        if _unchanged(stored, signature):
-            return _FileWork(source, signature)
-        return self._chunked(source, signature, [document], stored)
-
-    def _write(self, batch: list[_FileWork], known: dict[str, dict[str, tuple[str, int]]],
-               report: IngestReport) -> None:
-        """Embed the chunks not stored yet, write them, then retire each file's stale chunks."""
-        if not batch:
-            return
-        store = self.store
-        new = [c for w in batch for c in w.chunks if c.id not in known.get(w.source, {})]
-        if new:
-            vectors = self.embedder.embed_documents([c.text for c in new])
-            store.upsert(new, vectors)
-            report.chunks_embedded += len(new)
-        for work in batch:
-            stored = known.get(work.source, {})
-            kept = [c for c in work.chunks if c.id in stored]
-            if kept:
-                store.update_metadata([c.id for c in kept], [c.metadata for c in kept])
-            current = {c.id for c in work.chunks}
-            stale = [i for i in stored if i not in current]
-            store.delete(stale)
-            report.chunks_deleted += len(stale)
-            if self._lexical_in_step:  # an index out of step is rebuilt at the end instead
-                self._lexical_pending.update({c.id: c.text for c in work.chunks})
-                self._lexical_pending.update(dict.fromkeys(stale))
-            setattr(report, work.status, getattr(report, work.status) + 1)
-            known[work.source] = {c.id: (work.signature, len(work.chunks)) for c in work.chunks}
-        if len(self._lexical_pending) >= LEXICAL_FLUSH:
-            self._flush_lexical(final=False)
-
-    def _remove_gone(self, paths: list[Path], known: dict[str, dict[str, tuple[str, int]]], seen: set[str],
-                     report: IngestReport) -> None:
-        """--sync: chunks of files under the given paths that are no longer there are deleted."""
-        roots = [str(p.resolve()) for p in paths]
-        for source in list(known):
-            under = any(source == r or source.startswith(r.rstrip("/") + "/") for r in roots)
-            if under and source not in seen and not Path(source).exists():
-                ids = list(known.pop(source))
-                self.store.delete(ids)
-                if self._lexical_in_step:
-                    self._lexical_pending.update(dict.fromkeys(ids))
-                report.removed += 1
-                report.chunks_deleted += len(ids)
-
-    def _flush_lexical(self, *, final: bool) -> None:
-        """Bring the lexical index up to date with what was written; it records the store state only
-        when the ingest is complete, so a crash in between leaves it visibly stale (and rebuilt)."""
-        pending, self._lexical_pending = self._lexical_pending, {}
-        if not self._lexical_in_step:
-            if final:
-                self.lexical.rebuild(self.store.iter_texts(), self.store.state)
-            return
-        if not pending and not final:
-            return
-        upserts = [(i, t) for i, t in pending.items() if t is not None]
-        deletes = [i for i, t in pending.items() if t is None]
-        self.lexical.update(upserts, deletes, state=self.store.state if final else "ingest in progress")
 
     # -- questions ------------------------------------------------------------------------------
 
@@ -613,3 +370,22 @@ def hit_dict(hit: Hit) -> dict[str, Any]:
         "metadata": metadata,
     }
 
+
+
+def answer_dict(answer: Answer) -> dict[str, Any]:
+    """An answer as JSON: what `rag ask --json` prints and `rag run` writes, one format everywhere."""
+    def cited(n: int) -> dict[str, Any]:
+        chunk = answer.hits[n - 1].chunk
+        return {"number": n, "id": chunk.id, "source": chunk.metadata.get("source"), "page": chunk.metadata.get("page")}
+
+    return {
+        "answer": answer.text,
+        "citations": [cited(n) for n in answer.citations],
+        "unknown_citations": answer.unknown_citations,
+        "cited_by": answer.cited_by,
+        "warnings": answer.warnings,
+        "hits": [hit_dict(h) for h in answer.hits],
+        "dropped_hits": answer.dropped_hits,
+        "timings": answer.timings,
+        "usage": answer.usage,
+    }

@@ -20,7 +20,7 @@ POINT is one of
                  a few milliseconds after the call starts, so no GIL is needed to land the signal)
   after-upsert   right after the N-th Store.upsert returned (new chunks stored, stale ones not yet deleted)
   before-delete  at the N-th Store.delete with ids to delete (new chunks stored, stale ones still there)
-  after-write    after the N-th Pipeline._write returned (between files: a batch fully done)
+  after-write    after the N-th Indexer._write returned (between files: a batch fully done)
   lexical-save   while the lexical index writes its N-th file (data files half written, manifest old)
 """
 
@@ -84,9 +84,9 @@ def arm(spec: str) -> None:
 
         _hook(Store, "delete", point, nth, only=lambda self, ids: bool(ids))
     elif point == "after-write":
-        from rag.pipeline import Pipeline
+        from rag.indexing import Indexer
 
-        _hook(Pipeline, "_write", point, nth, when="after", only=lambda self, batch, *a: bool(batch))
+        _hook(Indexer, "_write", point, nth, when="after", only=lambda self, batch, *a: bool(batch))
     elif point == "lexical-save":
         from rag.lexical import LexicalIndex
 

@@ -41,7 +41,7 @@ from rag.pipeline import Pipeline
 # Small chunks keep the embedding work (the slow part on a CPU) small while still giving a few hundred
 # chunks and more than one write batch (WRITE_BATCH).
 CHUNKING = {"chunk_size": 10, "chunk_overlap": 1}
-WRITE_BATCH = 128  # embedding.write_batch: chunks embedded and written together
+WRITE_BATCH = 128  # ingest.write_batch: chunks embedded and written together
 WORDS = (
     "river mountain harbor lantern violin meadow falcon quarry turbine saddle ledger invoice tariff "
     "voltage copper silicon harvest orchard glacier canyon reactor boron mirror helium galaxy bread "
@@ -73,14 +73,14 @@ def write_corpus(folder: Path, sizes: tuple[int, ...], *, seed: int = 11, files:
 
 
 def settings_args(model: Path) -> list[str]:
-    sets = [f"embedding.model={model}", f"embedding.write_batch={WRITE_BATCH}"]
+    sets = [f"embedding.model={model}", f"ingest.write_batch={WRITE_BATCH}"]
     sets += [f"chunking.{k}={v}" for k, v in CHUNKING.items()]
     return [arg for s in sets for arg in ("--set", s)]
 
 
 def pipeline_for(store: Path, model: Path) -> Pipeline:
     pipeline = Pipeline.from_config(
-        {"store": {"path": str(store)}, "embedding": {"model": str(model), "write_batch": WRITE_BATCH},
+        {"store": {"path": str(store)}, "embedding": {"model": str(model)}, "ingest": {"write_batch": WRITE_BATCH},
          "chunking": dict(CHUNKING)}
     )
     pipeline.progress = False

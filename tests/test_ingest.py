@@ -167,22 +167,22 @@ def test_pipelined_ingest_equals_one_batch_at_a_time(tmp_path, minilm_path, monk
     """Loading ahead in a thread and embedding many files together change nothing in the store."""
     import numpy as np
 
-    import rag.pipeline
+    import rag.indexing
 
     files = {f"doc{i}.md": f"# Doc {i}\n\n" + f"Paragraph about topic {i} and its details. " * (5 + 13 * i)
              for i in range(8)}
     docs = make_folder(tmp_path / "docs", {**files, **PROSE})
 
     def stored(store_dir: Path, write_batch: int = 1024, ahead: bool = True) -> dict:
-        pipeline = Pipeline.from_config({"store": {"path": str(store_dir)}, "loading": {"prepare_ahead": ahead},
-                                         "embedding": {"model": str(minilm_path), "write_batch": write_batch}})
+        pipeline = Pipeline.from_config({"store": {"path": str(store_dir)}, "ingest": {"prepare_ahead": ahead, "write_batch": write_batch},
+                                         "embedding": {"model": str(minilm_path)}})
         pipeline.ingest([docs])
         ids = [i for i, _ in pipeline.store.iter_metadata()]
         return {c.id: (c.text, c.metadata, v) for c, v in pipeline.store.get(ids, embeddings=True)}
 
     prepared_in_threads = []
-    real_ahead = rag.pipeline._ahead
-    monkeypatch.setattr(rag.pipeline, "_ahead", lambda make: prepared_in_threads.append(1) or real_ahead(make))
+    real_ahead = rag.indexing._ahead
+    monkeypatch.setattr(rag.indexing, "_ahead", lambda make: prepared_in_threads.append(1) or real_ahead(make))
     pipelined = stored(tmp_path / "pipelined")
     assert prepared_in_threads  # the thread path was taken
     one_at_a_time = stored(tmp_path / "one-at-a-time", write_batch=1, ahead=False)

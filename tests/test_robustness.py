@@ -465,6 +465,20 @@ def test_relative_paths_are_resolved_against_the_config_folder(tmp_path, monkeyp
     assert load_settings(builtin).prompt.template == "qa"  # a name, not a path, stays a name
 
 
+def test_moved_ingest_keys_still_work_with_a_note(tmp_path, capsys):
+    config = tmp_path / "old.yaml"
+    config.write_text("embedding:\n  write_batch: 7\nloading:\n  prepare_ahead: true\n", encoding="utf-8")
+    settings = load_settings(config)
+    assert settings.ingest.write_batch == 7 and settings.ingest.prepare_ahead is True
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("rag: note:") and str(config) in line for line in err)
+    assert "embedding.write_batch is now ingest.write_batch" in err[0]
+    assert load_settings(None, sets=["embedding.write_batch=3"]).ingest.write_batch == 3
+    new = load_settings(None, sets=["ingest.write_batch=5", "ingest.prepare_ahead=false"])
+    assert new.ingest.write_batch == 5 and new.ingest.prepare_ahead is False
+    assert capsys.readouterr().err.count("\n") == 1  # only the old key had a note
+
+
 # --- templates --------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,307 @@
+"""Files or documents -> chunks in the store and the lexical index, incrementally and crash-safely.
+
+The Chroma collection is the only record of what was ingested. Each chunk carries its file's
+``file_signature`` (a hash of the file's bytes and of the settings that shaped its chunks) and
+``file_chunks`` (how many chunks the file has). A file is unchanged when all its stored chunks carry
+the current signature and there are exactly ``file_chunks`` of them. A changed file gets its new
+chunks written first and its stale chunks deleted after, so a crash at any point leaves either the
+old chunks or a state the next ingest repairs: chunks already written are found by id and not
+embedded again.
+
+The ``Indexer`` is handed every stage it drives (a loader, a chunker, an embedder, the store and the
+lexical index) as plain callables and objects, so it imports none of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag.errors import LoadError
+from rag.types import Chunk, Document
+
+LEXICAL_FLUSH = 20_000  # chunk texts held for the lexical index before it is brought up to date
+
+# source -> chunk id -> (file_signature, file_chunks), as the store holds them
+Known = dict[str, dict[str, tuple[str, int]]]
+
+
+def printable(text: str) -> str:
+    """A file name fit for a one-line message: newlines and other control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def log(message: str) -> None:
+    """Messages go to stderr so that stdout stays clean for --json."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class IngestReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: int = 0
+    chunks_embedded: int = 0
+    chunks_deleted: int = 0
+    chunks_total: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"files: {self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
+            f"{self.removed} removed, {self.failed} failed; chunks: {self.chunks_embedded} embedded, "
+            f"{self.chunks_deleted} deleted, {self.chunks_total} in store ({self.seconds:.1f} s)"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "failures"}
+        data["failures"] = [{"source": s, "reason": r} for s, r in self.failures]
+        return data
+
+
+@dataclass
+class _FileWork:
+    """One file on its way through ingestion."""
+
+    source: str
+    signature: str = ""
+    status: str = "unchanged"  # unchanged | added | updated | failed
+    chunks: list[Chunk] = field(default_factory=list)
+    reason: str = ""
+
+
+def _unchanged(stored: dict[str, tuple[str, int]], signature: str) -> bool:
+    """All of a source's chunks carry this signature, and none is missing."""
+    return bool(stored) and all(sig == signature and count == len(stored) for sig, count in stored.values())
+
+
+def _ahead(make: Callable[[], Iterator[Any]], depth: int = 16) -> Iterator[Any]:
+    """Runs an iterator in a thread a few items ahead of its consumer. Loading and chunking then
+    overlap with embedding on a GPU, and only ``depth`` items are ever held."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in make():
+                if stop.is_set():
+                    return
+                ready.put(item)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer and raised there
+            ready.put(exc)
+        ready.put(done)
+
+    thread = threading.Thread(target=produce, name="rag-prepare", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+@dataclass
+class Indexer:
+    """Plans (new, changed, unchanged, gone), batches, embeds and writes one ingest.
+
+    ``salt`` names the settings that change what chunks a file yields: a change re-ingests the
+    file. ``prepare_ahead`` loads and chunks in a thread ahead of embedding (worth it only when the
+    encoder leaves the CPU idle). The lexical index is brought up to date in step with the writes.
+    """
+
+    store: Any  # rag.store.Store
+    lexical: Any  # rag.lexical.LexicalIndex
+    load: Callable[[Path], list[Document]]
+    split: Callable[[Document], list[Chunk]]
+    embed: Callable[[list[str]], np.ndarray]
+    salt: str
+    max_file_bytes: int
+    write_batch: int = 1024
+    prepare_ahead: bool = False
+    progress: bool = False
+    lock_timeout: float = 600.0
+    _lexical_in_step: bool = field(default=False, init=False)
+    _lexical_pending: dict[str, str | None] = field(default_factory=dict, init=False)  # id -> text (None: gone)
+
+    def run(self, items: Callable[[], Iterable[Path | LoadError | Document]], *,
+            sync_roots: list[Path] | None = None, wait: bool = True) -> IngestReport:
+        """Ingest every item (a file path, a LoadError from the walk, or an in-memory Document, whose
+        ``metadata["source"]`` is its identity). With ``sync_roots``, files ingested before from under
+        those paths that are gone now are removed. The store must already be open."""
+        started = time.perf_counter()
+        store = self.store
+        report = IngestReport()
+        with store.write_lock(wait=wait, timeout=self.lock_timeout,
+                              on_wait=lambda: log(f"waiting for another ingest to finish writing to {store.location}")):
+            known: Known = {}
+            for chunk_id, metadata in store.iter_metadata():
+                entry = (str(metadata.get("file_signature", "")), int(metadata.get("file_chunks", -1)))
+                known.setdefault(str(metadata.get("source", "")), {})[chunk_id] = entry
+            # An index in step with the store is updated incrementally; any other is rebuilt at the end.
+            self._lexical_in_step = self.lexical.load() and self.lexical.state == store.state
+            self._lexical_pending = {}
+            store.bump_state()  # from here on the lexical index is stale until brought up to date
+            seen: set[str] = set()
+            progress = self._progress_bar()
+            batch: list[_FileWork] = []
+            batch_chunks = 0
+            prepared = lambda: (self._prepare(item, known) for item in items())  # noqa: E731
+            for work in _ahead(prepared) if self.prepare_ahead else prepared():
+                seen.add(work.source)
+                progress.update(1)
+                if work.status == "failed":
+                    report.failed += 1
+                    report.failures.append((work.source, work.reason))
+                    log(f"failed: {printable(work.source)}: {work.reason}")
+                elif work.status == "unchanged":
+                    report.unchanged += 1
+                else:
+                    batch.append(work)
+                    batch_chunks += len(work.chunks)
+                    if batch_chunks >= self.write_batch:
+                        self._write(batch, known, report)
+                        batch, batch_chunks = [], 0
+            self._write(batch, known, report)
+            progress.close()
+            if sync_roots is not None:
+                self._remove_gone(sync_roots, known, seen, report)
+            self._flush_lexical(final=True)
+            report.chunks_total = store.count()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _progress_bar(self):
+        from tqdm import tqdm
+
+        return tqdm(desc="ingesting", unit="file", disable=not self.progress, file=sys.stderr, leave=False)
+
+    # -- planning: what each item needs -------------------------------------------------------------
+
+    def _prepare(self, item: Path | LoadError | Document, known: Known) -> _FileWork:
+        if isinstance(item, Document):
+            return self._prepare_document(item, known)
+        return self._prepare_file(item, known)
+
+    def _prepare_file(self, item: Path | LoadError, known: Known) -> _FileWork:
+        """Hash the file; load and chunk it only when the store does not hold it as it is now."""
+        if isinstance(item, LoadError):
+            return _FileWork(item.path, status="failed", reason=item.reason)
+        source = str(item.resolve())
+        limit = self.max_file_bytes
+        try:
+            info = item.stat()
+            if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block the hashing below
+                return _FileWork(source, status="failed", reason="not a regular file")
+            size = info.st_size
+            if size > limit:
+                return _FileWork(source, status="failed",
+                                 reason=f"file is {size} bytes, over the limit of {limit} (loading.max_file_bytes)")
+            digest = hashlib.sha256(self.salt.encode())
+            with open(item, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            return _FileWork(source, status="failed", reason=f"cannot read: {exc.strerror or exc}")
+        signature = digest.hexdigest()[:32]
+        stored = known.get(source, {})
+        if _unchanged(stored, signature):
+            return _FileWork(source, signature)
+        try:
+            return self._chunked(source, signature, self.load(item), stored)
+        except LoadError as exc:
+            return _FileWork(source, status="failed", reason=exc.reason)
+        except RecursionError:
+            return _FileWork(source, status="failed", reason="structure nested too deeply to read")
+
+    def _prepare_document(self, document: Document, known: Known) -> _FileWork:
+        source = str(document.metadata.get("source") or document.id)
+        document.metadata.setdefault("source", source)
+        signature = hashlib.sha256(f"{self.salt}\0{document.text}".encode()).hexdigest()[:32]
+        stored = known.get(source, {})
+        if _unchanged(stored, signature):
+            return _FileWork(source, signature)
+        return self._chunked(source, signature, [document], stored)
+
+    def _chunked(self, source: str, signature: str, documents: list[Document], stored: dict) -> _FileWork:
+        chunks = [chunk for document in documents for chunk in self.split(document)]
+        if not chunks:
+            return _FileWork(source, status="failed", reason="no text to index")
+        for chunk in chunks:
+            chunk.metadata.update(document_id=chunk.document_id, file_signature=signature, file_chunks=len(chunks))
+        return _FileWork(source, signature, "updated" if stored else "added", chunks)
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def _write(self, batch: list[_FileWork], known: Known, report: IngestReport) -> None:
+        """Embed the chunks not stored yet, write them, then retire each file's stale chunks."""
+        if not batch:
+            return
+        store = self.store
+        new = [c for w in batch for c in w.chunks if c.id not in known.get(w.source, {})]
+        if new:
+            store.upsert(new, self.embed([c.text for c in new]))
+            report.chunks_embedded += len(new)
+        for work in batch:
+            stored = known.get(work.source, {})
+            kept = [c for c in work.chunks if c.id in stored]
+            if kept:
+                store.update_metadata([c.id for c in kept], [c.metadata for c in kept])
+            current = {c.id for c in work.chunks}
+            stale = [i for i in stored if i not in current]
+            store.delete(stale)
+            report.chunks_deleted += len(stale)
+            if self._lexical_in_step:  # an index out of step is rebuilt at the end instead
+                self._lexical_pending.update({c.id: c.text for c in work.chunks})
+                self._lexical_pending.update(dict.fromkeys(stale))
+            setattr(report, work.status, getattr(report, work.status) + 1)
+            known[work.source] = {c.id: (work.signature, len(work.chunks)) for c in work.chunks}
+        if len(self._lexical_pending) >= LEXICAL_FLUSH:
+            self._flush_lexical(final=False)
+
+    def _remove_gone(self, paths: list[Path], known: Known, seen: set[str], report: IngestReport) -> None:
+        """--sync: chunks of files under the given paths that are no longer there are deleted."""
+        roots = [str(p.resolve()) for p in paths]
+        for source in list(known):
+            under = any(source == r or source.startswith(r.rstrip("/") + "/") for r in roots)
+            if under and source not in seen and not Path(source).exists():
+                ids = list(known.pop(source))
+                self.store.delete(ids)
+                if self._lexical_in_step:
+                    self._lexical_pending.update(dict.fromkeys(ids))
+                report.removed += 1
+                report.chunks_deleted += len(ids)
+
+    def _flush_lexical(self, *, final: bool) -> None:
+        """Bring the lexical index up to date with what was written; it records the store state only
+        when the ingest is complete, so a crash in between leaves it visibly stale (and rebuilt)."""
+        pending, self._lexical_pending = self._lexical_pending, {}
+        if not self._lexical_in_step:
+            if final:
+                self.lexical.rebuild(self.store.iter_texts(), self.store.state)
+            return
+        if not pending and not final:
+            return
+        upserts = [(i, t) for i, t in pending.items() if t is not None]
+        deletes = [i for i, t in pending.items() if t is None]
+        self.lexical.update(upserts, deletes, state=self.store.state if final else "ingest in progress")
