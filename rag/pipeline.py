@@ -77,32 +77,25 @@ class Pipeline:
 
     # -- stages, built on first use -------------------------------------------------------------
 
+    # Each stage's parameters are named as its settings fields, so a section is handed over whole.
+
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            s = self.settings.embedding
-            self._embedder = Embedder(
-                s.model, device=s.device, dtype=s.dtype, batch_size=s.batch_size, pooling=s.pooling,
-                normalize=s.normalize, max_length=s.max_length, query_prefix=s.query_prefix,
-                document_prefix=s.document_prefix, quantize=s.quantize, trust_remote_code=s.trust_remote_code,
-            )
+            self._embedder = Embedder(**self.settings.embedding.model_dump())
         return self._embedder
 
     @property
     def chunker(self) -> Chunker:
         if self._chunker is None:
-            s = self.settings.chunking
-            self._chunker = Chunker(
-                self.embedder.tokenizer, strategy=s.strategy, chunk_size=s.chunk_size,
-                chunk_overlap=s.chunk_overlap, max_tokens=self.embedder.max_content_tokens,
-            )
+            self._chunker = Chunker(self.embedder.tokenizer, **self.settings.chunking.model_dump(),
+                                    max_tokens=self.embedder.max_content_tokens)
         return self._chunker
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            s = self.settings.store
-            self._store = Store(s.path, url=s.url, collection=s.collection, token=s.token)
+            self._store = Store(**self.settings.store.model_dump(exclude={"lock_timeout"}))
         return self._store
 
     def _record(self) -> dict[str, Any]:
@@ -122,9 +115,8 @@ class Pipeline:
     @property
     def lexical(self) -> LexicalIndex:
         if self._lexical is None:
-            s = self.settings.lexical
             folder = Path(self.settings.store.path) / "lexical" / self.settings.store.collection
-            self._lexical = LexicalIndex(folder, stemmer=s.stemmer, stopwords=s.stopwords, k1=s.k1, b=s.b)
+            self._lexical = LexicalIndex(folder, **self.settings.lexical.model_dump())
         return self._lexical
 
     def _fresh_lexical(self) -> LexicalIndex:
@@ -146,14 +138,11 @@ class Pipeline:
     @property
     def generator(self) -> Generator:
         if self._generator is None:
-            s = self.settings.generation
-            self._generator = Generator(
-                s.model, device=s.device, dtype=s.dtype, trust_remote_code=s.trust_remote_code,
-                max_new_tokens=LONG_ANSWER["max_new_tokens"] if s.max_new_tokens == "auto" else s.max_new_tokens,
-                stop=LONG_ANSWER["stop"] if s.stop == "auto" else s.stop,
-                temperature=s.temperature, top_p=s.top_p, repetition_penalty=s.repetition_penalty,
-                seed=s.seed, context_window=s.context_window, system_prompt=s.system_prompt,
-            )
+            settings = self.settings.generation.model_dump()
+            for key, value in LONG_ANSWER.items():  # until the model's size settles "auto"
+                if settings[key] == "auto":
+                    settings[key] = value
+            self._generator = Generator(**settings)
         return self._generator
 
     @property
