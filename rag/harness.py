@@ -24,9 +24,10 @@ from rag.pipeline import Pipeline, answer_dict, log
 from rag.types import Chunk, Document, Hit
 
 
-def _eval_collection(pipeline: Pipeline, dataset: str | Path) -> None:
+def _eval_pipeline(pipeline: Pipeline, dataset: str | Path) -> Pipeline:
+    """The pipeline over the dataset's own collection: evaluations never touch the user's."""
     digest = hashlib.sha256(str(Path(dataset).resolve()).encode()).hexdigest()[:12]
-    pipeline.settings.store.collection = f"eval-{digest}"
+    return pipeline.for_collection(f"eval-{digest}")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -57,7 +58,7 @@ def evaluate_retrieval(pipeline: Pipeline, corpus: str | Path, queries: str | Pa
     started = time.perf_counter()
     query_texts = evaluation.read_beir_queries(queries)
     judgements = evaluation.read_qrels(qrels)
-    _eval_collection(pipeline, corpus)
+    pipeline = _eval_pipeline(pipeline, corpus)
     corpus_path = str(Path(corpus).resolve())
 
     def documents() -> Iterator[Document]:
@@ -136,7 +137,7 @@ def evaluate_qa(pipeline: Pipeline, squad: str | Path, *, k: int = 10, mode: str
     articles, questions = evaluation.read_squad(squad)
     if limit:
         questions = questions[:limit]
-    _eval_collection(pipeline, squad)
+    pipeline = _eval_pipeline(pipeline, squad)
     squad_path = str(Path(squad).resolve())
     article_text = {title: text for title, text in articles}
     documents = [

@@ -13,11 +13,13 @@ the caller compares with its collection to detect a stale index. No pickles anyw
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -42,10 +44,20 @@ _TMP = ".tmp-"
 _OURS = re.compile(r"^(\.tmp-.*|(ids|tokens|offsets|bm25s)\.[0-9a-f]+(\.json|\.npy)?)$")
 
 
+def _locked(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 class LexicalIndex:
     """A persisted BM25 index over (chunk id, text) pairs.
 
-    Not thread-safe (searching fills the tokenizer's word cache); one writer per folder.
+    Safe to share between threads: searching fills the tokenizer's word cache and an update swaps
+    the whole index, so every public method holds one lock. One writing process per folder.
     """
 
     def __init__(
@@ -78,6 +90,7 @@ class LexicalIndex:
         self._flat: tuple[np.ndarray, np.ndarray] | None = None
         self._state: str | None = None
         self._files: dict[str, str | None] | None = None  # files on disk matching the corpus
+        self._lock = threading.RLock()
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -87,9 +100,11 @@ class LexicalIndex:
         return self._state
 
     @property
+    @_locked
     def ids(self) -> set[str]:
         return set(self._order)
 
+    @_locked
     def __len__(self) -> int:
         return len(self._order)
 
@@ -100,6 +115,7 @@ class LexicalIndex:
             return []
         return self._new_tokenizer().tokenize(texts, update_vocab=True, show_progress=False, allow_empty=False)
 
+    @_locked
     def load(self) -> bool:
         """Read the saved index; False (never an exception) if it is missing, unreadable or was
         built with other settings, so the caller simply rebuilds."""
@@ -125,6 +141,7 @@ class LexicalIndex:
         self._files = dict(files)
         return True
 
+    @_locked
     def rebuild(self, items: Iterable[tuple[str, str]], state: str, *, save: bool = True) -> None:
         """Replace everything with ``items`` (a repeated id keeps its last text), then save unless
         ``save`` is False (a reader's private copy while a writer owns the files)."""
@@ -137,6 +154,7 @@ class LexicalIndex:
         if save:
             self._save()
 
+    @_locked
     def update(
         self,
         upserts: Iterable[tuple[str, str]] = (),
@@ -155,6 +173,7 @@ class LexicalIndex:
         self._state = state
         self._save()
 
+    @_locked
     def search(
         self, query: str, k: int, allowed_ids: set[str] | None = None
     ) -> list[tuple[str, float]]:

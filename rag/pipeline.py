@@ -8,8 +8,9 @@ store, query encoder and lexical index; an answer is evidence -> prompt -> gener
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +56,8 @@ class Pipeline:
     def __init__(self, settings: Settings | None = None, *, progress: bool | None = None):
         self.settings = settings or Settings()
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self._embedder: Embedder | None = None
-        self._chunker: Chunker | None = None
-        self._store: Store | None = None
-        self._lexical: LexicalIndex | None = None
-        self._generator: Generator | None = None
-        self._prompt: PromptBuilder | None = None
-        self._retriever: Retriever | None = None
-        self._small_generator: bool | None = None
+        self._stages: dict[str, Any] = {}
+        self._building = threading.RLock()
 
     @classmethod
     def from_yaml(cls, path: str | Path | None, *, sets: list[str] | None = None, **overrides: Any) -> Pipeline:
@@ -75,28 +70,40 @@ class Pipeline:
         flat = _overrides_from_kwargs({**(config or {}), **overrides})
         return cls(load_settings(None, flat))
 
+    def for_collection(self, collection: str) -> Pipeline:
+        """The same settings over another collection (an evaluation corpus's own), sharing the models
+        already loaded; the store, lexical index and retriever are the new collection's."""
+        settings = self.settings.model_copy(deep=True)
+        settings.store.collection = collection
+        other = Pipeline(settings, progress=self.progress)
+        shared = ("embedder", "chunker", "generator", "small_generator", "prompt")
+        other._stages.update({name: stage for name, stage in self._stages.items() if name in shared})
+        return other
+
     # -- stages, built on first use -------------------------------------------------------------
+
+    def _stage(self, name: str, build: Callable[[], Any]) -> Any:
+        """A stage built on first use, once, even when threads of a server ask for it together."""
+        if name not in self._stages:
+            with self._building:
+                if name not in self._stages:
+                    self._stages[name] = build()
+        return self._stages[name]
 
     # Each stage's parameters are named as its settings fields, so a section is handed over whole.
 
     @property
     def embedder(self) -> Embedder:
-        if self._embedder is None:
-            self._embedder = Embedder(**self.settings.embedding.model_dump())
-        return self._embedder
+        return self._stage("embedder", lambda: Embedder(**self.settings.embedding.model_dump()))
 
     @property
     def chunker(self) -> Chunker:
-        if self._chunker is None:
-            self._chunker = Chunker(self.embedder.tokenizer, **self.settings.chunking.model_dump(),
-                                    max_tokens=self.embedder.max_content_tokens)
-        return self._chunker
+        return self._stage("chunker", lambda: Chunker(
+            self.embedder.tokenizer, **self.settings.chunking.model_dump(), max_tokens=self.embedder.max_content_tokens))
 
     @property
     def store(self) -> Store:
-        if self._store is None:
-            self._store = Store(**self.settings.store.model_dump(exclude={"lock_timeout"}))
-        return self._store
+        return self._stage("store", lambda: Store(**self.settings.store.model_dump(exclude={"lock_timeout"})))
 
     def _record(self) -> dict[str, Any]:
         """What the collection records about how it was built."""
@@ -114,10 +121,8 @@ class Pipeline:
 
     @property
     def lexical(self) -> LexicalIndex:
-        if self._lexical is None:
-            folder = Path(self.settings.store.path) / "lexical" / self.settings.store.collection
-            self._lexical = LexicalIndex(folder, **self.settings.lexical.model_dump())
-        return self._lexical
+        folder = Path(self.settings.store.path) / "lexical" / self.settings.store.collection
+        return self._stage("lexical", lambda: LexicalIndex(folder, **self.settings.lexical.model_dump()))
 
     def _fresh_lexical(self) -> LexicalIndex:
         """The lexical index, rebuilt from the collection when it is missing or behind it. While an
@@ -137,20 +142,19 @@ class Pipeline:
 
     @property
     def generator(self) -> Generator:
-        if self._generator is None:
+        def build() -> Generator:
             settings = self.settings.generation.model_dump()
             for key, value in LONG_ANSWER.items():  # until the model's size settles "auto"
                 if settings[key] == "auto":
                     settings[key] = value
-            self._generator = Generator(**settings)
-        return self._generator
+            return Generator(**settings)
+
+        return self._stage("generator", build)
 
     @property
     def small_generator(self) -> bool:
         """Whether the generator is small enough for the small-model answer settings (loads it)."""
-        if self._small_generator is None:
-            self._small_generator = self.generator.parameters < SMALL_GENERATOR
-        return self._small_generator
+        return self._stage("small_generator", lambda: self.generator.parameters < SMALL_GENERATOR)
 
     def _answer_generator(self) -> Generator:
         """The generator with its "auto" answer length and stop strings settled by its size."""
@@ -165,13 +169,14 @@ class Pipeline:
 
     @property
     def prompt(self) -> PromptBuilder:
-        if self._prompt is None:
+        def build() -> PromptBuilder:
             s = self.settings.prompt
             template = s.template
             if template == "auto":
                 template = "qa_short" if self.small_generator else "qa_cited"
-            self._prompt = PromptBuilder(template, variables=s.variables)
-        return self._prompt
+            return PromptBuilder(template, variables=s.variables)
+
+        return self._stage("prompt", build)
 
     def _evidence(self, question: str, hits: list[Hit]) -> list[Hit]:
         """What the prompt shows: the hits themselves, or their best sentences."""
@@ -229,11 +234,12 @@ class Pipeline:
         mode = mode or s.mode
         store = self._open_store(create=False)
         lexical = self._fresh_lexical() if mode in ("lexical", "hybrid") else None
-        if self._retriever is None:
+
+        def build() -> Retriever:
             r = self.settings.rerank
             reranker = Reranker(r.model, device=r.device, batch_size=r.batch_size,
                                 trust_remote_code=r.trust_remote_code) if r.model else None
-            self._retriever = Retriever(
+            return Retriever(
                 store=store,
                 embed_query=lambda text: self.embedder.embed_queries([text])[0],
                 reranker=reranker,
@@ -241,9 +247,11 @@ class Pipeline:
                 score_threshold=s.score_threshold, where=s.where, use_mmr=s.mmr, mmr_lambda=s.mmr_lambda,
                 rerank_top_n=r.top_n,
             )
+
+        retriever = self._stage("retriever", build)
         if lexical is not None:
-            self._retriever.lexical = lexical
-        return self._retriever
+            retriever.lexical = lexical
+        return retriever
 
     def search(self, query: str, k: int | None = None, *, mode: str | None = None,
                where: dict | None = None) -> list[Hit]:

@@ -210,3 +210,24 @@ def test_no_source_fitting_the_budget_is_said_in_the_answer(store, minilm_path, 
     answer = pipeline.ask("What is the hotel limit in London?", k=2)
     assert answer.hits == [] and answer.dropped_hits == 2
     assert answer.warnings and "fit the context window" in answer.warnings[0]
+
+
+def test_one_pipeline_serves_searches_and_answers_from_many_threads(store, minilm_path, tiny_lm):
+    """What a server does: one long-lived Pipeline, stages built by whichever request comes first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    questions = ["How many days of paid holiday?", "What is the return policy?", "Who approves expenses?",
+                 "When are salaries paid?"]
+    config = settings(store, minilm_path, tiny_lm, context_window=1500)
+    alone = Pipeline.from_config(config)
+    expected = {q: ([h.chunk.id for h in alone.search(q, k=4)], alone.ask(q).text) for q in questions}
+
+    shared = Pipeline.from_config(config)  # nothing built yet: the threads race to build it
+
+    def serve(question: str) -> tuple[str, list[str], str]:
+        return question, [h.chunk.id for h in shared.search(question, k=4)], shared.ask(question).text
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(serve, questions * 3))
+    for question, ids, text in results:
+        assert (ids, text) == expected[question], question

@@ -14,7 +14,7 @@ import argparse
 import json
 
 from rag import evaluation
-from rag.harness import _eval_collection
+from rag.harness import _eval_pipeline
 from rag.pipeline import Pipeline
 from rag.retrieval import rrf, weighted
 
@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     pipeline = Pipeline.from_yaml(None, sets=args.sets, store={"path": args.store})
-    _eval_collection(pipeline, args.corpus)  # the collection `rag eval retrieval` built for this corpus
+    pipeline = _eval_pipeline(pipeline, args.corpus)  # the collection `rag eval retrieval` built for this corpus
     queries = evaluation.read_beir_queries(args.queries)
     qrels = evaluation.read_qrels(args.qrels)
     judged = [q for q in queries if q in qrels]
