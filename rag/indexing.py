@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from rag.errors import LoadError
-from rag.types import Chunk, Document
+from rag.types import Chunk, Document, LexicalStore, VectorStore
 
 LEXICAL_FLUSH = 20_000  # chunk texts held for the lexical index before it is brought up to date
 
@@ -130,8 +130,8 @@ class Indexer:
     encoder leaves the CPU idle). The lexical index is brought up to date in step with the writes.
     """
 
-    store: Any  # rag.store.Store
-    lexical: Any  # rag.lexical.LexicalIndex
+    store: VectorStore
+    lexical: LexicalStore
     load: Callable[[Path], list[Document]]
     split: Callable[[Document], list[Chunk]]
     embed: Callable[[list[str]], np.ndarray]

@@ -21,11 +21,11 @@ from rag.errors import RagError, StoreError
 from rag.evidence import best_sentences
 from rag.generation import Generator
 from rag.indexing import IngestReport, Indexer, log
-from rag.lexical import LexicalIndex
+from rag.stores.bm25 import LexicalIndex
 from rag.loaders import iter_files, load_file
 from rag.prompting import PromptBuilder, attribute, parse_citations
 from rag.retrieval import Retriever, Reranker
-from rag.store import Store
+from rag.stores.chroma import Store
 from rag.types import Answer, Document, Hit
 
 # Generators with fewer parameters get the "auto" answer settings for small models: the best

@@ -76,11 +76,11 @@ def arm(spec: str) -> None:
 
         _hook(Collection, "upsert", point, nth, when="inside")
     elif point == "after-upsert":
-        from rag.store import Store
+        from rag.stores.chroma import Store
 
         _hook(Store, "upsert", point, nth, when="after")
     elif point == "before-delete":
-        from rag.store import Store
+        from rag.stores.chroma import Store
 
         _hook(Store, "delete", point, nth, only=lambda self, ids: bool(ids))
     elif point == "after-write":
@@ -88,7 +88,7 @@ def arm(spec: str) -> None:
 
         _hook(Indexer, "_write", point, nth, when="after", only=lambda self, batch, *a: bool(batch))
     elif point == "lexical-save":
-        from rag.lexical import LexicalIndex
+        from rag.stores.bm25 import LexicalIndex
 
         _hook(LexicalIndex, "_write", point, nth)
     else:
@@ -130,7 +130,7 @@ def serve() -> None:
 
     import chromadb.api.models.Collection  # noqa: F401
     import rag.cli  # noqa: F401
-    import rag.lexical  # noqa: F401
+    import rag.stores.bm25  # noqa: F401
     import rag.pipeline  # noqa: F401
     from transformers import AutoConfig, AutoModel, AutoTokenizer, BertModel  # noqa: F401
 

@@ -35,7 +35,7 @@ import pytest
 from proc_support import ForkServer, IngestChild
 
 from rag.cli import main
-from rag.lexical import LexicalIndex
+from rag.stores.bm25 import LexicalIndex
 from rag.pipeline import Pipeline
 
 # Small chunks keep the embedding work (the slow part on a CPU) small while still giving a few hundred

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rag.errors import ConfigError
-from rag.lexical import MANIFEST, LexicalIndex
+from rag.stores.bm25 import MANIFEST, LexicalIndex
 
 DOCS = [
     ("a", "The quick brown fox jumps over the lazy dog"),

@@ -9,7 +9,7 @@ Smoke test (well under a minute):
 
     python examples/benchmarks/query.py --sizes 2000 --queries 20
 
-For each size a store is built in a temporary folder straight through ``rag.store.Store.upsert``:
+For each size a store is built in a temporary folder straight through ``rag.stores.chroma.Store.upsert``:
 synthetic chunks whose vectors are random unit vectors of dimension 384 and whose texts are about 150
 words drawn from a Zipf-distributed vocabulary of made-up words, each with a metadata field ``group``
 (0..9, so ``where={"group": 3}`` keeps a tenth of the chunks). The lexical index is built with
