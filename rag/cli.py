@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import RagError
+from rag.types import MODES
 
 
 def _common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="print the chunks that best match a query")
     search.add_argument("query")
     search.add_argument("-k", type=int, help="how many chunks (default retrieval.k)")
-    search.add_argument("--mode", choices=["dense", "lexical", "hybrid"], help="retrieval mode")
+    search.add_argument("--mode", choices=MODES, help="retrieval mode")
     _common(search)
 
     info = commands.add_parser("info", help="what the store holds")
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer a question from the store, streamed, with sources")
     ask.add_argument("question")
     ask.add_argument("-k", type=int, help="how many chunks to retrieve (default retrieval.k)")
-    ask.add_argument("--mode", choices=["dense", "lexical", "hybrid"], help="retrieval mode")
+    ask.add_argument("--mode", choices=MODES, help="retrieval mode")
     _common(ask)
 
     run = commands.add_parser("run", help="run a configured job: ingest run.inputs, answer run.questions")
@@ -66,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     retrieval.add_argument("--corpus", required=True, metavar="corpus.jsonl")
     retrieval.add_argument("--queries", required=True, metavar="queries.jsonl")
     retrieval.add_argument("--qrels", required=True, metavar="qrels.tsv")
-    retrieval.add_argument("--mode", choices=["dense", "lexical", "hybrid"])
+    retrieval.add_argument("--mode", choices=MODES)
     retrieval.add_argument("--out", metavar="DIR", help="also write per-query results and a Markdown report")
     _common(retrieval)
     qa = kinds.add_parser("qa", help="answer recall (and EM/F1 with --generate) on a SQuAD-format file")
     qa.add_argument("--squad", required=True, metavar="FILE")
     qa.add_argument("-k", type=int, default=10, help="deepest k measured (default 10)")
-    qa.add_argument("--mode", choices=["dense", "lexical", "hybrid"])
+    qa.add_argument("--mode", choices=MODES)
     qa.add_argument("--generate", action="store_true", help="also generate answers: exact match and F1")
     qa.add_argument("--context", choices=["retrieved", "gold", "none"], default="retrieved",
                     help="with --generate, answer from the retrieved chunks (default), the gold paragraph "

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rag.errors import ConfigError
+from rag.types import RetrievalMode
 
 
 class Section(BaseModel):
@@ -75,7 +76,7 @@ class LexicalSettings(Section):
 
 
 class RetrievalSettings(Section):
-    mode: Literal["dense", "lexical", "hybrid"] = "hybrid"
+    mode: RetrievalMode = "hybrid"
     k: int = Field(default=5, ge=1)
     score_threshold: float | None = None
     where: dict[str, Any] | None = None

@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
-import numpy as np
+if TYPE_CHECKING:  # for the protocols' annotations only: importing the records stays cheap
+    import numpy as np
+
+# The retrieval modes: the config's type, the CLI's choices and the retriever's dispatch read them here.
+RetrievalMode = Literal["dense", "lexical", "hybrid"]
+MODES: tuple[str, ...] = get_args(RetrievalMode)
 
 
 @dataclass
