@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import queue
-import stat
 import sys
 import threading
 import time
@@ -132,11 +131,11 @@ class Indexer:
 
     store: VectorStore
     lexical: LexicalStore
-    load: Callable[[Path], list[Document]]
+    read: Callable[[Path], bytes]  # the checks that need no reading, then the bytes; LoadError
+    load: Callable[[Path, bytes], list[Document]]
     split: Callable[[Document], list[Chunk]]
     embed: Callable[[list[str]], np.ndarray]
     salt: str
-    max_file_bytes: int
     write_batch: int = 1024
     prepare_ahead: bool = False
     progress: bool = False
@@ -204,31 +203,18 @@ class Indexer:
         return self._prepare_file(item, known)
 
     def _prepare_file(self, item: Path | LoadError, known: Known) -> _FileWork:
-        """Hash the file; load and chunk it only when the store does not hold it as it is now."""
+        """Read and hash the file; load and chunk its bytes only when the store does not hold it as
+        it is now. The file is read once."""
         if isinstance(item, LoadError):
             return _FileWork(item.path, status="failed", reason=item.reason)
         source = str(item.resolve())
-        limit = self.max_file_bytes
         try:
-            info = item.stat()
-            if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block the hashing below
-                return _FileWork(source, status="failed", reason="not a regular file")
-            size = info.st_size
-            if size > limit:
-                return _FileWork(source, status="failed",
-                                 reason=f"file is {size} bytes, over the limit of {limit} (loading.max_file_bytes)")
-            digest = hashlib.sha256(self.salt.encode())
-            with open(item, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-        except OSError as exc:
-            return _FileWork(source, status="failed", reason=f"cannot read: {exc.strerror or exc}")
-        signature = digest.hexdigest()[:32]
-        stored = known.get(source, {})
-        if _unchanged(stored, signature):
-            return _FileWork(source, signature)
-        try:
-            return self._chunked(source, signature, self.load(item), stored)
+            data = self.read(item)
+            signature = hashlib.sha256(self.salt.encode() + data).hexdigest()[:32]
+            stored = known.get(source, {})
+            if _unchanged(stored, signature):
+                return _FileWork(source, signature)
+            return self._chunked(source, signature, self.load(item, data), stored)
         except LoadError as exc:
             return _FileWork(source, status="failed", reason=exc.reason)
         except RecursionError:

@@ -22,7 +22,7 @@ from rag.evidence import best_sentences
 from rag.generation import Generator
 from rag.indexing import IngestReport, Indexer, log
 from rag.stores.bm25 import LexicalIndex
-from rag.loaders import iter_files, load_file
+from rag.loaders import iter_files, load_file, read_file
 from rag.prompting import PromptBuilder, attribute, parse_citations
 from rag.retrieval import Retriever, Reranker
 from rag.stores.chroma import Store
@@ -212,9 +212,10 @@ class Pipeline:
                 f"{s.loading.json_text_field}:{self.embedder.model_name}")
         return Indexer(
             store=self._open_store(create=True), lexical=self.lexical,
-            load=lambda path: load_file(path, json_text_field=s.loading.json_text_field),  # size checked by it
+            read=lambda path: read_file(path, max_bytes=s.loading.max_file_bytes),
+            load=lambda path, data: load_file(path, json_text_field=s.loading.json_text_field, data=data),
             split=self.chunker.split, embed=self.embedder.embed_documents, salt=salt,
-            max_file_bytes=s.loading.max_file_bytes, write_batch=s.ingest.write_batch,
+            write_batch=s.ingest.write_batch,
             prepare_ahead=self._prepare_ahead(), progress=self.progress, lock_timeout=s.store.lock_timeout,
         )
 

@@ -1,4 +1,4 @@
-"""Loaders: a path in, Documents out.
+"""Loaders: a path (and its bytes, read once) in, Documents out.
 
 One module per format family (text, markdown, html, pdf, office, tabular), chosen by file extension.
 Every failure a file can cause comes out as ``LoadError(path, reason)``, so an ingest can report the
@@ -20,7 +20,7 @@ from rag.loaders.base import Part, clean_metadata, content_hash, document_id, on
 from rag.loaders.text import decode_bytes
 from rag.types import Document
 
-__all__ = ["SUPPORTED_EXTENSIONS", "LoadError", "decode_bytes", "document_id", "iter_files", "load_file"]
+__all__ = ["SUPPORTED_EXTENSIONS", "LoadError", "decode_bytes", "document_id", "iter_files", "load_file", "read_file"]
 
 # extension -> (metadata "format", "module:function" in this package)
 _REGISTRY: dict[str, tuple[str, str]] = {
@@ -55,13 +55,9 @@ def _loader(path: Path) -> tuple[str, Callable[..., list[Part]]]:
         raise LoadError(path, f"cannot load {fmt} files: {one_line(exc)} (install the missing package)") from exc
 
 
-def load_file(
-    path: str | Path, *, json_text_field: str = "text", max_bytes: int | None = None
-) -> list[Document]:
-    """Load one file into Documents: one per file, or one per page / slide / sheet / record.
-
-    Raises LoadError, and nothing else, for any file that cannot be loaded.
-    """
+def read_file(path: str | Path, *, max_bytes: int | None = None) -> bytes:
+    """A file's bytes, read once, after the checks that need no reading: it is a regular file of a
+    supported type (whose library is installed) and no larger than ``max_bytes``. Raises LoadError."""
     path = Path(path)
     try:
         info = path.stat()
@@ -73,15 +69,33 @@ def load_file(
         raise LoadError(path, "is a directory, not a file (pass it to iter_files to walk it)")
     if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
         raise LoadError(path, "not a regular file")
-    fmt, loader = _loader(path)
+    _loader(path)
     if max_bytes is not None and info.st_size > max_bytes:
         raise LoadError(
             path, f"file is {info.st_size} bytes, over the limit of {max_bytes} (loading.max_file_bytes)"
         )
-    if info.st_size == 0:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise LoadError(path, f"cannot read file: {exc.strerror or exc}") from None
+
+
+def load_file(
+    path: str | Path, *, json_text_field: str = "text", max_bytes: int | None = None, data: bytes | None = None
+) -> list[Document]:
+    """Load one file into Documents: one per file, or one per page / slide / sheet / record.
+
+    ``data``: the file's bytes, already read by ``read_file`` (an ingest hashes them first), so the
+    file is read once. Raises LoadError, and nothing else, for any file that cannot be loaded.
+    """
+    path = Path(path)
+    if data is None:
+        data = read_file(path, max_bytes=max_bytes)
+    fmt, loader = _loader(path)
+    if not data:
         raise LoadError(path, "empty file")
     try:
-        documents = _documents(path, fmt, loader(path, json_text_field=json_text_field))
+        documents = _documents(path, fmt, loader(path, data, json_text_field=json_text_field))
     except LoadError:
         raise
     except Exception as exc:  # a library's own error on a broken file, reworded as ours

@@ -7,10 +7,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-from rag.errors import LoadError
 
 # Keys that load_file owns; a loader (front matter, a JSON record) that brings one of these keeps it
 # under "meta_<key>" instead of silently overwriting the file's identity.
@@ -92,13 +89,6 @@ def rows_as_records(rows: list[list[str]]) -> str:
     if not records:  # a header and nothing else is still the file's text
         return " | ".join(name for name in header if name.strip())
     return "\n\n".join(records)
-
-
-def read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise LoadError(path, f"cannot read file: {exc.strerror or exc}") from exc
 
 
 def one_line(text: object, limit: int = 200) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from bs4 import BeautifulSoup, NavigableString, Tag
 from bs4.element import PreformattedString
 
-from rag.loaders.base import Part, read_bytes
+from rag.loaders.base import Part
 from rag.loaders.text import decode_with_encoding
 
 # Chrome, scripts and invisible parts of a page: never the content a reader came for.
@@ -184,8 +184,7 @@ def html_title(soup: BeautifulSoup) -> str:
     return ""
 
 
-def load_html(path: Path, **_options: object) -> list[Part]:
-    data = read_bytes(path)
+def load_html(path: Path, data: bytes, **_options: object) -> list[Part]:
     text, encoding = decode_with_encoding(data, path)  # refuses empty and binary files
     # A legacy-encoding guess is only a guess: give BeautifulSoup the bytes so <meta charset> wins.
     markup: str | bytes = text if encoding.startswith("utf") else data

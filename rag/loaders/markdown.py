@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from rag.loaders.base import Part, user_metadata
-from rag.loaders.text import read_text
+from rag.loaders.text import decode_bytes
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)?(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
 _FENCE = re.compile(r"^\s{0,3}(```|~~~)")
@@ -44,8 +44,8 @@ def first_heading(text: str) -> str:
     return ""
 
 
-def load_markdown(path: Path, **_options: object) -> list[Part]:
-    front, body = split_front_matter(read_text(path))
+def load_markdown(path: Path, data: bytes, **_options: object) -> list[Part]:
+    front, body = split_front_matter(decode_bytes(data, path))
     metadata = user_metadata(front)
     title = front.get("title")
     metadata["title"] = str(title).strip() if title not in (None, "") else first_heading(body)

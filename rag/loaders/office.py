@@ -6,6 +6,7 @@ instead of a library's internal error.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import posixpath
 import re
 import zipfile
@@ -23,8 +24,8 @@ _MC_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fal
 _HEADING = re.compile(r"heading\s*(\d)", re.IGNORECASE)
 
 
-def _require_zip(path: Path, kind: str) -> None:
-    if not zipfile.is_zipfile(path):
+def _require_zip(path: Path, data: bytes, kind: str) -> None:
+    if not zipfile.is_zipfile(io.BytesIO(data)):
         raise LoadError(path, f"not a valid {kind} file (not a zip package); re-save it from the office application")
 
 
@@ -152,12 +153,12 @@ def _int(value: str | None, default: int = 0) -> int:
     return int(value) if value and value.isdigit() else default
 
 
-def load_docx(path: Path, **_options: object) -> list[Part]:
+def load_docx(path: Path, data: bytes, **_options: object) -> list[Part]:
     from docx import Document as open_docx
     from docx.text.paragraph import Paragraph
 
-    _require_zip(path, ".docx")
-    doc = open_docx(str(path))
+    _require_zip(path, data, ".docx")
+    doc = open_docx(io.BytesIO(data))
     blocks: list[tuple[str, bool]] = []  # (text, is a list item): list items are not split by blank lines
     first_heading = ""
     lists = _ListNumbers(doc)
@@ -239,11 +240,11 @@ def _bullet(paragraph: Any, numbers: dict[int, int]) -> str:
     return f"{numbers[level]}. "
 
 
-def load_pptx(path: Path, **_options: object) -> list[Part]:
+def load_pptx(path: Path, data: bytes, **_options: object) -> list[Part]:
     from pptx import Presentation
 
-    _require_zip(path, ".pptx")
-    presentation = Presentation(str(path))
+    _require_zip(path, data, ".pptx")
+    presentation = Presentation(io.BytesIO(data))
     title = (presentation.core_properties.title or "").strip()
     parts = []
     for number, slide in enumerate(presentation.slides, start=1):
@@ -317,12 +318,12 @@ def _chart_line(chart: ElementTree.Element) -> str:
     return line + (f" (series: {', '.join(series)})" if series else "")
 
 
-def _charts_by_sheet(path: Path) -> dict[str, list[str]]:
+def _charts_by_sheet(data: bytes) -> dict[str, list[str]]:
     """Chart descriptions per sheet name, read from the package (openpyxl's read-only mode skips
     charts). Charts are extra: anything unexpected here gives no charts, never a failed file."""
     charts: dict[str, list[str]] = {}
     try:
-        with zipfile.ZipFile(path) as package:
+        with zipfile.ZipFile(io.BytesIO(data)) as package:
             workbook_rels = _relations(package, "xl/workbook.xml")
             workbook = ElementTree.fromstring(package.read("xl/workbook.xml"))
             for sheet in workbook.iterfind(f"{_MAIN}sheets/{_MAIN}sheet"):
@@ -339,12 +340,12 @@ def _charts_by_sheet(path: Path) -> dict[str, list[str]]:
     return charts
 
 
-def load_xlsx(path: Path, **_options: object) -> list[Part]:
+def load_xlsx(path: Path, data: bytes, **_options: object) -> list[Part]:
     from openpyxl import load_workbook
 
-    _require_zip(path, ".xlsx")
-    charts = _charts_by_sheet(path)
-    workbook = load_workbook(path, read_only=True, data_only=True)
+    _require_zip(path, data, ".xlsx")
+    charts = _charts_by_sheet(data)
+    workbook = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     try:
         title = (workbook.properties.title or "").strip()
         parts = []

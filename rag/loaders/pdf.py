@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -25,9 +26,9 @@ def _title(reader: PdfReader) -> str:
     return " ".join(str(title).split()) if title else ""
 
 
-def load_pdf(path: Path, **_options: object) -> list[Part]:
+def load_pdf(path: Path, data: bytes, **_options: object) -> list[Part]:
     try:
-        reader = PdfReader(path)
+        reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise LoadError(path, "encrypted PDF that needs a password; decrypt it first (e.g. qpdf --decrypt)")
         pages = reader.pages

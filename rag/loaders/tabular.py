@@ -11,7 +11,7 @@ from typing import Any
 
 from rag.errors import LoadError
 from rag.loaders.base import Part, metadata_value, one_line, rows_as_records, user_metadata
-from rag.loaders.text import read_text
+from rag.loaders.text import decode_bytes
 
 _DELIMITERS = ",;\t|"
 _SNIFF_SAMPLE = 64 * 1024
@@ -28,8 +28,8 @@ def sniff_dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:
         return csv.excel
 
 
-def load_csv(path: Path, **_options: object) -> list[Part]:
-    text = read_text(path)
+def load_csv(path: Path, data: bytes, **_options: object) -> list[Part]:
+    text = decode_bytes(data, path)
     # Cut the sample at a line end: a half line can make the sniffer see a different delimiter.
     sample = text[:_SNIFF_SAMPLE]
     if len(text) > _SNIFF_SAMPLE and "\n" in sample:
@@ -82,8 +82,8 @@ def _no_field_error(path: Path, records: list[Any], text_field: str) -> LoadErro
     return LoadError(path, f"no record has the text field '{text_field}' ({found}); set loading.json_text_field")
 
 
-def load_json(path: Path, *, json_text_field: str = "text", **_options: object) -> list[Part]:
-    text = read_text(path)
+def load_json(path: Path, data: bytes, *, json_text_field: str = "text", **_options: object) -> list[Part]:
+    text = decode_bytes(data, path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -102,9 +102,9 @@ def load_json(path: Path, *, json_text_field: str = "text", **_options: object) 
     return found
 
 
-def load_jsonl(path: Path, *, json_text_field: str = "text", **_options: object) -> list[Part]:
+def load_jsonl(path: Path, data: bytes, *, json_text_field: str = "text", **_options: object) -> list[Part]:
     records, parts = [], []
-    for number, line in enumerate(read_text(path).split("\n"), start=1):
+    for number, line in enumerate(decode_bytes(data, path).split("\n"), start=1):
         if not line.strip():
             continue
         try:

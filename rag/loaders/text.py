@@ -12,7 +12,7 @@ import unicodedata
 from pathlib import Path
 
 from rag.errors import LoadError
-from rag.loaders.base import Part, read_bytes
+from rag.loaders.base import Part
 
 _BOMS = (  # UTF-32 first: its little-endian BOM starts with UTF-16's.
     (codecs.BOM_UTF32_LE, "utf-32"),
@@ -144,9 +144,5 @@ def _looks_binary(text: str) -> bool:
     return controls / len(sample) > _MAX_CONTROL_SHARE
 
 
-def read_text(path: Path) -> str:
-    return decode_bytes(read_bytes(path), path)
-
-
-def load_text(path: Path, **_options: object) -> list[Part]:
-    return [Part(read_text(path), {"title": ""})]
+def load_text(path: Path, data: bytes, **_options: object) -> list[Part]:
+    return [Part(decode_bytes(data, path), {"title": ""})]
