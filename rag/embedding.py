@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rag.errors import ConfigError, ModelError
-from rag.hub import locate
+from rag.hub import MODEL_LOADING, locate
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 POOLINGS = ("mean", "cls", "last", "max")
@@ -202,16 +202,20 @@ class Embedder:
             return self._model
         from transformers import AutoModel
 
-        try:
-            model = AutoModel.from_pretrained(self.path, dtype=self.torch_dtype, trust_remote_code=self.trust_remote_code)
-        except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"embedding.model: cannot load weights of {self.model_name!r}: {exc}") from None
-        model.eval()
-        if self.quantize == "int8":
-            if self.device != "cpu":
-                raise ConfigError("embedding.quantize: int8 runs on the CPU only; set embedding.device: cpu")
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        self._model = model.to(self.device)
+        with MODEL_LOADING:
+            if self._model is not None:  # another thread loaded it meanwhile
+                return self._model
+            try:
+                model = AutoModel.from_pretrained(self.path, dtype=self.torch_dtype,
+                                                  trust_remote_code=self.trust_remote_code)
+            except Exception as exc:  # noqa: BLE001
+                raise ModelError(f"embedding.model: cannot load weights of {self.model_name!r}: {exc}") from None
+            model.eval()
+            if self.quantize == "int8":
+                if self.device != "cpu":
+                    raise ConfigError("embedding.quantize: int8 runs on the CPU only; set embedding.device: cpu")
+                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            self._model = model.to(self.device)
         return self._model
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:

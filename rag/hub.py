@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
 from rag.errors import ModelError
+
+# transformers swaps process-wide torch state while it builds a model (the default device, the init
+# functions); two loads in two threads interleave those swaps and can leave them in place, after
+# which every later load in the process fails ("Cannot copy out of meta tensor"). Every model load
+# holds this lock. Reentrant: loading a GGUF default converts it first, which loads it too.
+MODEL_LOADING = threading.RLock()
 
 
 def _offline() -> bool:

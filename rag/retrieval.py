@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rag.errors import ConfigError, ModelError
-from rag.hub import locate
+from rag.hub import MODEL_LOADING, locate
 from rag.types import Chunk, Hit
 
 MODES = ("dense", "lexical", "hybrid")
@@ -105,10 +105,11 @@ class Reranker:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             source = locate(self.model_name, "rerank.model")
             try:
-                tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code)
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    source, trust_remote_code=self.trust_remote_code
-                )
+                with MODEL_LOADING:
+                    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code)
+                    model = AutoModelForSequenceClassification.from_pretrained(
+                        source, trust_remote_code=self.trust_remote_code
+                    )
             except Exception as exc:  # noqa: BLE001
                 raise ModelError(
                     f"rerank.model: cannot load {self.model_name!r} ({type(exc).__name__}); point it at a local "
