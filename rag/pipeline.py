@@ -288,11 +288,8 @@ class Pipeline:
         generator = self._answer_generator()
         evidence = self._evidence(question, hits)
         budget = generator.context_window - generator.max_new_tokens
-        user_message, kept, dropped = self.prompt.pack(
-            question, evidence, lambda text: generator.count_tokens(generator.format_prompt(text)), budget,
-            escape=generator.neutralize,
-        )
-        prompt = generator.format_prompt(user_message)
+        prompt, kept, dropped = self.prompt.pack(question, evidence, generator.count_tokens, budget,
+                                                 escape=generator.neutralize, finish=generator.format_prompt)
         warnings = []
         if not hits:
             warnings.append("nothing was retrieved for this question, so the answer rests on no source")

@@ -155,15 +155,16 @@ class PromptBuilder:
 
     def pack(
         self, question: str, hits: list[Hit], measure: Callable[[str], int], budget: int,
-        escape: Callable[[str], str] = _unchanged,
+        escape: Callable[[str], str] = _unchanged, finish: Callable[[str], str] = _unchanged,
     ) -> tuple[str, list[Hit], int]:
         """The prompt with as many of the best hits as fit in ``budget`` tokens.
 
         Returns ``(prompt, kept hits, number dropped)``. Hits arrive best first; only whole hits are
-        dropped, from the bottom, and no text is ever cut. ``measure`` must give the exact token count
-        of the final prompt (the caller wraps the generator's chat format and tokenizer). The largest
-        fitting prefix is found by binary search (``measure`` grows with the number of hits); every
-        prompt returned has been measured to fit.
+        dropped, from the bottom, and no text is ever cut. ``finish`` turns the rendered template
+        into the text the model sees (the generator's chat format) and ``measure`` counts its tokens
+        exactly; the prompt returned is finished. The largest fitting prefix is found by binary
+        search (``measure`` grows with the number of hits); every prompt returned has been measured
+        to fit.
         """
         hits = list(hits)
         # Escaped once: the binary search below renders prefixes of the same sources several times.
@@ -171,7 +172,7 @@ class PromptBuilder:
         sources = [_source_dict(i, hit, escape) for i, hit in enumerate(hits, start=1)]
 
         def fits(k: int) -> tuple[bool, str, int]:
-            prompt = self._render(question, sources[:k])
+            prompt = finish(self._render(question, sources[:k]))
             size = measure(prompt)
             return size <= budget, prompt, size
 

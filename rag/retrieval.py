@@ -16,26 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from rag.errors import ConfigError, ModelError
 from rag.hub import MODEL_LOADING, locate
-from rag.types import Chunk, Hit
-
-MODES = ("dense", "lexical", "hybrid")
-
-
-class ChunkStore(Protocol):
-    def query(self, vector: np.ndarray, k: int, where: dict | None = None, *, embeddings: bool = False) -> list: ...
-    def get(self, ids: Sequence[str], *, embeddings: bool = False) -> list: ...
-    def ids(self, where: dict | None = None) -> set[str]: ...
-
-
-class LexicalSearch(Protocol):
-    def search(self, query: str, k: int, allowed_ids: set[str] | None = None) -> list[tuple[str, float]]: ...
-
+from rag.types import MODES, Chunk, Hit, LexicalStore, VectorStore
 
 def rrf(rankings: dict[str, list[str]], k: int = 60) -> list[tuple[str, float]]:
     """Reciprocal rank fusion of several best-first id lists; ties go to the smaller id."""
@@ -140,9 +127,9 @@ class Retriever:
     """Ranks chunks for a question. It is handed the store, the query encoder and the lexical index;
     it builds none of them, so it imports no other stage."""
 
-    store: ChunkStore
+    store: VectorStore
     embed_query: Callable[[str], np.ndarray]
-    lexical: LexicalSearch | None = None
+    lexical: LexicalStore | None = None
     reranker: Reranker | None = None
     mode: str = "dense"
     k: int = 5
