@@ -24,6 +24,7 @@ from langchain_text_splitters import (
 )
 
 from rag.errors import ConfigError, ModelError
+from rag.text import FRONT_MATTER
 from rag.types import Chunk, Document
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ Counted = tuple[int, int, int]  # start, end, tokens
 
 _ATX_HEADER = re.compile(r" {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
-_FRONT_MATTER = re.compile(r"---[ \t]*\r?\n.*?\n---[ \t]*(?:\r?\n|$)", re.DOTALL)
 
 
 def chunk_id(document_id: str, start: int, text: str) -> str:
@@ -323,7 +323,7 @@ def _markdown_sections(text: str) -> list[tuple[int, int, str]]:
     """
     sections: list[tuple[int, int, str]] = []
     path: list[tuple[int, str]] = []
-    front = _FRONT_MATTER.match(text)
+    front = FRONT_MATTER.match(text)
     offset = front.end() if front else 0
     section_start, section_body, headers = 0, 0, ""
     fence = ""

@@ -97,7 +97,7 @@ def _emit_json(data: Any) -> None:
 
 
 def _where(metadata: dict[str, Any]) -> str:
-    from rag.indexing import printable
+    from rag.text import printable
 
     source = str(metadata.get("source", "?"))
     cwd = os.getcwd().rstrip("/") + "/"

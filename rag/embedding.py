@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rag.errors import ConfigError, ModelError
-from rag.hub import MODEL_LOADING, locate
+from rag.hub import MODEL_LOADING, local_folder, locate, pick_device
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 POOLINGS = ("mean", "cls", "last", "max")
@@ -56,33 +56,10 @@ def _return_freed_memory() -> None:
             pass
 
 
-def pick_device(device: str = "auto") -> str:
-    """``auto`` prefers CUDA, then Apple's MPS, then the CPU."""
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def _read_json(folder: Path | None, name: str) -> dict[str, Any]:
     if folder is None or not (folder / name).is_file():
         return {}
     return json.loads((folder / name).read_text(encoding="utf-8"))
-
-
-def _local_folder(path: str) -> Path | None:
-    """The model's folder on disk: a local path, or the hub cache when the model was downloaded."""
-    if Path(path).is_dir():
-        return Path(path)
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(path, local_files_only=True))
-    except Exception:
-        return None
 
 
 class Embedder:
@@ -126,7 +103,7 @@ class Embedder:
                 f"embedding.model: cannot load {model!r} ({type(exc).__name__}). Point it at a local "
                 "model folder, or run once with network access so it can be downloaded."
             ) from None
-        folder = _local_folder(self.path)
+        folder = local_folder(self.path)
         st_config = _read_json(folder, "config_sentence_transformers.json")
         self.pooling = pooling or self._pooling_from_files(folder)
         self.max_length = max_length or self._max_length_from_files(folder)

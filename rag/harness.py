@@ -20,7 +20,8 @@ from typing import Any
 from rag import evaluation
 from rag.config import dump_settings
 from rag.errors import ConfigError
-from rag.pipeline import Pipeline, answer_dict, log
+from rag.pipeline import Pipeline, answer_dict
+from rag.text import log
 from rag.types import Chunk, Document, Hit
 
 

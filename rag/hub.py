@@ -36,6 +36,34 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def pick_device(device: str = "auto") -> str:
+    """``auto`` prefers CUDA, then Apple's MPS, then the CPU; anything else is used as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def local_folder(model: str) -> Path | None:
+    """The model's folder on this machine: the folder given, or its snapshot in the Hugging Face
+    cache; None when it has never been downloaded. Never touches the network."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached, or not a valid id
+        return None
+
+
 def locate(model: str, setting: str) -> str:
     """A local folder for ``model`` when one exists (given, or cached), else the hub id to download.
 
@@ -45,12 +73,9 @@ def locate(model: str, setting: str) -> str:
         return str(path)
     if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
         raise ModelError(f"{setting}: folder {model} does not exist; point it at a saved model folder or a hub id")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(model, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached (or not a valid id): decided below
-        pass
+    folder = local_folder(model)
+    if folder is not None:
+        return str(folder)
     if _offline():
         raise ModelError(f"{setting}: {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
                          "point it at a local model folder, or unset HF_HUB_OFFLINE once to download it")

@@ -27,22 +27,13 @@ from typing import Any
 import numpy as np
 
 from rag.errors import LoadError
+from rag.text import log, printable
 from rag.types import Chunk, Document, LexicalStore, VectorStore
 
 LEXICAL_FLUSH = 20_000  # chunk texts held for the lexical index before it is brought up to date
 
 # source -> chunk id -> (file_signature, file_chunks), as the store holds them
 Known = dict[str, dict[str, tuple[str, int]]]
-
-
-def printable(text: str) -> str:
-    """A file name fit for a one-line message: newlines and other control characters escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def log(message: str) -> None:
-    """Messages go to stderr so that stdout stays clean for --json."""
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -20,7 +20,8 @@ from rag.embedding import Embedder
 from rag.errors import RagError, StoreError
 from rag.evidence import best_sentences
 from rag.generation import Generator
-from rag.indexing import IngestReport, Indexer, log
+from rag.indexing import IngestReport, Indexer
+from rag.text import log
 from rag.stores.bm25 import LexicalIndex
 from rag.loaders import iter_files, load_file, read_file
 from rag.prompting import PromptBuilder, attribute, parse_citations

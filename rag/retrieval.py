@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from rag.errors import ConfigError, ModelError
-from rag.hub import MODEL_LOADING, locate
+from rag.hub import MODEL_LOADING, locate, pick_device
 from rag.types import MODES, Chunk, Hit, LexicalStore, VectorStore
 
 def rrf(rankings: dict[str, list[str]], k: int = 60) -> list[tuple[str, float]]:
@@ -84,12 +84,9 @@ class Reranker:
 
     def _load(self):
         if self._loaded is None:
-            import torch
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-            device = self.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = pick_device(self.device)
             source = locate(self.model_name, "rerank.model")
             try:
                 with MODEL_LOADING:

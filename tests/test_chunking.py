@@ -220,6 +220,23 @@ def test_markdown_headers_path(tokenizer):
         assert not any("\n" + head in chunk.text for head in section_heads), chunk.text
 
 
+@pytest.mark.parametrize("front", ["---\n# settings\ntitle: A\n---\n", "---\r\n# settings\r\ntitle: A\r\n...\r\n",
+                                   "---\n# settings\ntitle: A\n...\n"])
+def test_front_matter_is_read_alike_by_the_markdown_loader_and_chunker(tokenizer, tmp_path, front):
+    """One definition of front matter: what the loader strips, the chunker never reads as headings
+    (a YAML comment in it looks like an ATX heading)."""
+    from rag.loaders import load_file
+
+    text = front + "# Title\n\nBody text here.\n"
+    path = tmp_path / "page.md"
+    path.write_bytes(text.encode())
+    assert "title: A" not in load_file(path)[0].text and "Body text here." in load_file(path)[0].text
+    chunker = Chunker(tokenizer, strategy="markdown", chunk_size=256, chunk_overlap=0)
+    chunks = check_invariants(chunker, Document("page", text, {}))
+    assert {c.metadata["headers"] for c in chunks if "Body text" in c.text} == {"Title"}
+    assert not any("settings" in c.metadata["headers"] for c in chunks)
+
+
 @pytest.mark.parametrize("strategy", ["recursive", "markdown"])
 def test_no_scraps_after_a_long_block(tokenizer, strategy):
     # Langchain starts a new chunk after a block it had to cut; the chunker joins the tail back.

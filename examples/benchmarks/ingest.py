@@ -182,7 +182,7 @@ def _child_langchain(args: argparse.Namespace) -> dict:
 
     import sentence_transformers  # noqa: F401 - imported by HuggingFaceEmbeddings() otherwise
 
-    from rag.embedding import pick_device
+    from rag.hub import pick_device
 
     model = _model_path()
     device = pick_device(args.device or "auto")

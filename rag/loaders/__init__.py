@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from rag.errors import LoadError
-from rag.loaders.base import Part, clean_metadata, content_hash, document_id, one_line
+from rag.loaders.base import Part, clean_metadata, content_hash, document_id
+from rag.text import one_line
 from rag.loaders.text import decode_bytes
 from rag.types import Document
 

@@ -89,9 +89,3 @@ def rows_as_records(rows: list[list[str]]) -> str:
     if not records:  # a header and nothing else is still the file's text
         return " | ".join(name for name in header if name.strip())
     return "\n\n".join(records)
-
-
-def one_line(text: object, limit: int = 200) -> str:
-    """A library's error message squeezed onto one short line for LoadError reasons."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."

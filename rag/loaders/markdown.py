@@ -11,15 +11,15 @@ import yaml
 
 from rag.loaders.base import Part, user_metadata
 from rag.loaders.text import decode_bytes
+from rag.text import FRONT_MATTER
 
-_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)?(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
 _FENCE = re.compile(r"^\s{0,3}(```|~~~)")
 _H1 = re.compile(r"^\s{0,3}#[ \t]+(.+?)[ \t#]*$")
 
 
 def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     """``(front matter, body)``; a block that is not a YAML mapping stays in the text untouched."""
-    match = _FRONT_MATTER.match(text)
+    match = FRONT_MATTER.match(text)
     if not match:
         return {}, text
     try:

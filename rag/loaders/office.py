@@ -16,6 +16,7 @@ from xml.etree import ElementTree
 
 from rag.errors import LoadError
 from rag.loaders.base import Part, rows_as_records
+from rag.text import one_line
 
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 _M = "{http://schemas.openxmlformats.org/officeDocument/2006/math}"
@@ -27,10 +28,6 @@ _HEADING = re.compile(r"heading\s*(\d)", re.IGNORECASE)
 def _require_zip(path: Path, data: bytes, kind: str) -> None:
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise LoadError(path, f"not a valid {kind} file (not a zip package); re-save it from the office application")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 # --- Word ---------------------------------------------------------------------------------------
@@ -77,7 +74,7 @@ def _cell_text(tc: Any) -> str:
             texts.append(_paragraph_text(child))
         elif child.tag == f"{_W}tbl":  # a nested table is flattened into its cell
             texts.extend(" ".join(row) for row in _table_rows(child))
-    return _one_line(" ".join(texts))
+    return one_line(" ".join(texts), limit=None)
 
 
 def _table_rows(tbl: Any) -> list[list[str]]:
@@ -178,8 +175,8 @@ def load_docx(path: Path, data: bytes, **_options: object) -> list[Part]:
         heading = _HEADING.fullmatch(style_name.strip())
         level = 1 if style_name == "Title" else min(int(heading.group(1)), 6) if heading else 0
         if level:
-            first_heading = first_heading or (_one_line(text) if level == 1 else "")
-            blocks.append((f"{'#' * level} {_one_line(text)}", False))
+            first_heading = first_heading or (one_line(text, limit=None) if level == 1 else "")
+            blocks.append((f"{'#' * level} {one_line(text, limit=None)}", False))
             continue
         marker = lists.marker(element, style_name)
         blocks.append((text, False) if marker is None else (marker + text, True))
@@ -206,7 +203,7 @@ def _shape_lines(shapes: Any) -> Iterator[tuple[str, bool]]:
         elif getattr(shape, "has_table", False) and shape.has_table:
             rows = []
             for row in shape.table.rows:  # a merged cell's text once, its spanned cells empty
-                cells = ["" if cell.is_spanned else _one_line(cell.text) for cell in row.cells]
+                cells = ["" if cell.is_spanned else one_line(cell.text, limit=None) for cell in row.cells]
                 if any(cells):
                     rows.append(" | ".join(cells).rstrip(" |"))
             if rows:
@@ -216,7 +213,7 @@ def _shape_lines(shapes: Any) -> Iterator[tuple[str, bool]]:
             paragraphs = []
             numbers: dict[int, int] = {}  # auto-numbered paragraphs: the current number per level
             for paragraph in shape.text_frame.paragraphs:
-                text = _one_line(paragraph.text.replace("\x0b", " "))
+                text = one_line(paragraph.text.replace("\x0b", " "), limit=None)
                 if not text:
                     continue
                 if not is_title:
@@ -251,8 +248,8 @@ def load_pptx(path: Path, data: bytes, **_options: object) -> list[Part]:
         blocks, slide_title = [], ""
         for text, is_title in _shape_lines(slide.shapes):
             if is_title:
-                slide_title = slide_title or _one_line(text)
-                text = f"# {_one_line(text)}"
+                slide_title = slide_title or one_line(text, limit=None)
+                text = f"# {one_line(text, limit=None)}"
             blocks.append(text)
         if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
             notes = slide.notes_slide.notes_text_frame.text.strip()
@@ -279,7 +276,7 @@ def _cell_value(value: Any) -> str:
         return value.date().isoformat()
     if isinstance(value, dt.date | dt.time):
         return value.isoformat()
-    return _one_line(str(value))
+    return one_line(str(value), limit=None)
 
 
 _REL = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"

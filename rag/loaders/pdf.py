@@ -10,7 +10,8 @@ from pypdf import PdfReader
 from pypdf.errors import DependencyError
 
 from rag.errors import LoadError
-from rag.loaders.base import Part, one_line
+from rag.loaders.base import Part
+from rag.text import one_line
 
 # pypdf logs every recoverable oddity of a PDF as a warning; those are its business, not the user's.
 logging.getLogger("pypdf").setLevel(logging.ERROR)

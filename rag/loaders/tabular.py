@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import LoadError
-from rag.loaders.base import Part, metadata_value, one_line, rows_as_records, user_metadata
+from rag.loaders.base import Part, metadata_value, rows_as_records, user_metadata
+from rag.text import one_line
 from rag.loaders.text import decode_bytes
 
 _DELIMITERS = ",;\t|"
