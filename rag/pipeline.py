@@ -21,11 +21,10 @@ from rag.errors import RagError, StoreError
 from rag.evidence import best_sentences
 from rag.generation import Generator
 from rag.indexing import IngestReport, Indexer
-from rag.text import log
-from rag.stores.bm25 import LexicalIndex
 from rag.loaders import iter_files, load_file, read_file
 from rag.prompting import PromptBuilder, attribute, parse_citations
 from rag.retrieval import Retriever, Reranker
+from rag.stores.bm25 import LexicalIndex
 from rag.stores.chroma import Store
 from rag.types import Answer, Document, Hit
 
@@ -125,22 +124,6 @@ class Pipeline:
         folder = Path(self.settings.store.path) / "lexical" / self.settings.store.collection
         return self._stage("lexical", lambda: LexicalIndex(folder, **self.settings.lexical.model_dump()))
 
-    def _fresh_lexical(self) -> LexicalIndex:
-        """The lexical index, rebuilt from the collection when it is missing or behind it. While an
-        ingest holds the store, the rebuilt index is kept in memory only: the files are the writer's."""
-        index = self.lexical
-        state = self.store.state
-        if index.state is None:
-            index.load()
-        if index.state != state:
-            log(f"lexical index is missing or stale; rebuilding it from the collection ({self.store.count()} chunks)")
-            try:
-                with self.store.write_lock(wait=False):
-                    index.rebuild(self.store.iter_texts(), self.store.state)
-            except StoreError:
-                index.rebuild(self.store.iter_texts(), state, save=False)
-        return index
-
     @property
     def generator(self) -> Generator:
         def build() -> Generator:
@@ -235,7 +218,7 @@ class Pipeline:
         s = self.settings.retrieval
         mode = mode or s.mode
         store = self._open_store(create=False)
-        lexical = self._fresh_lexical() if mode in ("lexical", "hybrid") else None
+        lexical = self.lexical.in_step_with(store) if mode in ("lexical", "hybrid") else None
 
         def build() -> Retriever:
             r = self.settings.rerank

@@ -30,7 +30,9 @@ import numpy as np
 import Stemmer
 from bm25s.tokenization import Tokenizer
 
-from rag.errors import ConfigError
+from rag.errors import ConfigError, StoreError
+from rag.text import log
+from rag.types import VectorStore
 
 __all__ = ["LexicalIndex"]
 
@@ -172,6 +174,22 @@ class LexicalIndex:
             self._reindex()
         self._state = state
         self._save()
+
+    def in_step_with(self, store: VectorStore) -> LexicalIndex:
+        """This index, rebuilt from ``store`` when it is missing or behind it (see ``state``). While an
+        ingest holds the store, the rebuilt index is kept in memory only: the files are the writer's."""
+        state = store.state
+        with self._lock:
+            if self._state is None:
+                self.load()
+            if self._state != state:
+                log(f"lexical index is missing or stale; rebuilding it from the collection ({store.count()} chunks)")
+                try:
+                    with store.write_lock(wait=False):
+                        self.rebuild(store.iter_texts(), store.state)
+                except StoreError:
+                    self.rebuild(store.iter_texts(), state, save=False)
+        return self
 
     @_locked
     def search(
