@@ -118,13 +118,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from rag.pipeline import hit_dict
-
     pipeline = _pipeline(args)
     hits = pipeline.search(args.query, args.k, mode=args.mode)
     if args.json:
         _emit_json({"query": args.query, "mode": args.mode or pipeline.settings.retrieval.mode,
-                    "hits": [hit_dict(h) for h in hits]})
+                    "hits": [h.to_dict() for h in hits]})
         return 0
     width = shutil.get_terminal_size((100, 20)).columns
     for hit in hits:
@@ -152,14 +150,13 @@ def _print_warnings(answer) -> None:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from rag.pipeline import answer_dict
     from rag.types import Answer
 
     pipeline = _pipeline(args)
     if args.json:
         answer = pipeline.ask(args.question, args.k, mode=args.mode)
         _print_warnings(answer)
-        _emit_json(answer_dict(answer))
+        _emit_json(answer.to_dict())
         return 0
     answer = None
     for piece in pipeline.stream(args.question, args.k, mode=args.mode):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -112,13 +112,13 @@ class GenerationSettings(Section):
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # "auto": 48 tokens ending at the first line break for small generators (short answers), else 256
-    max_new_tokens: int | Literal["auto"] = "auto"
+    max_new_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     temperature: float = Field(default=0.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     repetition_penalty: float = Field(default=1.0, gt=0)
     stop: list[str] | Literal["auto"] = "auto"
     seed: int | None = 0
-    context_window: int | None = None
+    context_window: int | None = Field(default=None, ge=1)
     system_prompt: str | None = None
     trust_remote_code: bool = False
 
@@ -220,6 +220,18 @@ def _validation_message(exc: ValidationError, origin: str) -> str:
         else:
             problems.append(f"{key}: {error['msg']} (got {error.get('input')!r})")
     return f"{origin}: " + "; ".join(problems)
+
+
+def dotted_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``generation={"max_new_tokens": 64}`` or ``generation__max_new_tokens=64`` -> dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            for sub, inner in value.items():
+                flat[f"{key}.{sub}"] = inner
+        else:
+            flat[key.replace("__", ".")] = value
+    return flat
 
 
 def load_settings(

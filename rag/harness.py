@@ -20,7 +20,7 @@ from typing import Any
 from rag import evaluation
 from rag.config import dump_settings
 from rag.errors import ConfigError
-from rag.pipeline import Pipeline, answer_dict
+from rag.pipeline import Pipeline
 from rag.text import log
 from rag.types import Chunk, Document, Hit
 
@@ -281,7 +281,7 @@ def run_job(pipeline: Pipeline) -> dict[str, Any]:
     rows = []
     for item in questions:
         answer = pipeline.ask(item["question"])
-        rows.append({"id": item["id"], "question": item["question"], **answer_dict(answer)})
+        rows.append({"id": item["id"], "question": item["question"], **answer.to_dict()})
         log(f"answered {len(rows)}/{len(questions)}")
     answers_path, config_path = out / "answers.jsonl", out / "config.yaml"
     _write_atomic(config_path, dump_settings(pipeline.settings))

@@ -15,40 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from rag.chunking import Chunker
-from rag.config import Settings, load_settings
+from rag.config import Settings, dotted_overrides, load_settings
 from rag.embedding import Embedder
 from rag.errors import RagError, StoreError
 from rag.evidence import best_sentences
 from rag.generation import Generator
 from rag.indexing import IngestReport, Indexer
 from rag.loaders import iter_files, load_file, read_file
-from rag.prompting import PromptBuilder, attribute, parse_citations
+from rag.prompting import PromptBuilder, citations
 from rag.retrieval import Retriever, Reranker
 from rag.stores.bm25 import LexicalIndex
 from rag.stores.chroma import Store
 from rag.types import Answer, Document, Hit
-
-# Generators with fewer parameters get the "auto" answer settings for small models: the best
-# sentences instead of whole chunks, a short-answer template, citations found by word overlap.
-SMALL_GENERATOR = 1_000_000_000
-# Their "auto" answer length: a short answer on one line. Longer completions from a 135M model were
-# the answer followed by restatement and drift (XQuAD F1 0.085 at 256 tokens, 0.103 at 48 ending at
-# the first line break; 120 questions), and cost a second per answer.
-SHORT_ANSWER = {"max_new_tokens": 48, "stop": ("\n",)}
-LONG_ANSWER = {"max_new_tokens": 256, "stop": ()}
-
-
-def _overrides_from_kwargs(overrides: dict[str, Any]) -> dict[str, Any]:
-    """``generation={"max_new_tokens": 64}`` or ``generation__max_new_tokens=64`` -> dotted keys."""
-    flat: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            for sub, inner in value.items():
-                flat[f"{key}.{sub}"] = inner
-        else:
-            flat[key.replace("__", ".")] = value
-    return flat
-
 
 class Pipeline:
     """One object configured by one Settings; stages are built lazily, once."""
@@ -61,13 +39,13 @@ class Pipeline:
 
     @classmethod
     def from_yaml(cls, path: str | Path | None, *, sets: list[str] | None = None, **overrides: Any) -> Pipeline:
-        return cls(load_settings(path, _overrides_from_kwargs(overrides), sets))
+        return cls(load_settings(path, dotted_overrides(overrides), sets))
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | Settings | None = None, **overrides: Any) -> Pipeline:
         if isinstance(config, Settings):
             return cls(config)
-        flat = _overrides_from_kwargs({**(config or {}), **overrides})
+        flat = dotted_overrides({**(config or {}), **overrides})
         return cls(load_settings(None, flat))
 
     def for_collection(self, collection: str) -> Pipeline:
@@ -126,30 +104,12 @@ class Pipeline:
 
     @property
     def generator(self) -> Generator:
-        def build() -> Generator:
-            settings = self.settings.generation.model_dump()
-            for key, value in LONG_ANSWER.items():  # until the model's size settles "auto"
-                if settings[key] == "auto":
-                    settings[key] = value
-            return Generator(**settings)
-
-        return self._stage("generator", build)
+        return self._stage("generator", lambda: Generator(**self.settings.generation.model_dump()))
 
     @property
     def small_generator(self) -> bool:
-        """Whether the generator is small enough for the small-model answer settings (loads it)."""
-        return self._stage("small_generator", lambda: self.generator.parameters < SMALL_GENERATOR)
-
-    def _answer_generator(self) -> Generator:
-        """The generator with its "auto" answer length and stop strings settled by its size."""
-        generator = self.generator
-        s = self.settings.generation
-        answer = SHORT_ANSWER if self.small_generator else LONG_ANSWER
-        if s.max_new_tokens == "auto":
-            generator.max_new_tokens = answer["max_new_tokens"]
-        if s.stop == "auto":
-            generator.stop = answer["stop"]
-        return generator
+        """Whether the generator gets the small-model answer settings (loads it)."""
+        return self._stage("small_generator", lambda: self.generator.small)
 
     @property
     def prompt(self) -> PromptBuilder:
@@ -222,16 +182,9 @@ class Pipeline:
 
         def build() -> Retriever:
             r = self.settings.rerank
-            reranker = Reranker(r.model, device=r.device, batch_size=r.batch_size,
-                                trust_remote_code=r.trust_remote_code) if r.model else None
-            return Retriever(
-                store=store,
-                embed_query=lambda text: self.embedder.embed_queries([text])[0],
-                reranker=reranker,
-                mode=s.mode, k=s.k, fetch_k=s.fetch_k, fusion=s.fusion, rrf_k=s.rrf_k, dense_weight=s.dense_weight,
-                score_threshold=s.score_threshold, where=s.where, use_mmr=s.mmr, mmr_lambda=s.mmr_lambda,
-                rerank_top_n=r.top_n,
-            )
+            reranker = Reranker(**r.model_dump(exclude={"top_n"})) if r.model else None
+            return Retriever(store=store, embed_query=lambda text: self.embedder.embed_queries([text])[0],
+                             reranker=reranker, rerank_top_n=r.top_n, **s.model_dump())
 
         retriever = self._stage("retriever", build)
         if lexical is not None:
@@ -269,7 +222,7 @@ class Pipeline:
         timings["retrieval"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        generator = self._answer_generator()
+        generator = self.generator
         evidence = self._evidence(question, hits)
         budget = generator.context_window - generator.max_new_tokens
         prompt, kept, dropped = self.prompt.pack(question, evidence, generator.count_tokens, budget,
@@ -298,11 +251,7 @@ class Pipeline:
         timings["generation"] = time.perf_counter() - clock
         timings.setdefault("first_token", timings["generation"])
         text = "".join(pieces)
-        cited, unknown = parse_citations(text, len(kept))
-        cited_by = "answer"
-        if not cited and not unknown:
-            cited = attribute(text, [hit.chunk.text for hit in kept])
-            cited_by = "overlap" if cited else "answer"
+        cited, unknown, cited_by = citations(text, [hit.chunk.text for hit in kept])
         yield Answer(text=text, hits=kept, citations=cited, prompt=prompt, timings=timings, usage=usage,
                      dropped_hits=dropped, unknown_citations=unknown, cited_by=cited_by, warnings=warnings)
 
@@ -330,41 +279,3 @@ class Pipeline:
             "embedding_dimension": record.get("embedding_dimension"),
             "chunking": {k.removeprefix("chunking_"): v for k, v in record.items() if k.startswith("chunking_")},
         }
-
-
-def hit_dict(hit: Hit) -> dict[str, Any]:
-    """A hit as JSON: what `rag search --json` and `rag ask --json` print."""
-    metadata = hit.chunk.metadata
-    return {
-        "rank": hit.rank,
-        "id": hit.chunk.id,
-        "score": hit.score,
-        "scores": hit.scores,
-        "ranks": hit.ranks,
-        "source": metadata.get("source"),
-        "page": metadata.get("page"),
-        "text": hit.chunk.text,
-        "start": hit.chunk.start,
-        "end": hit.chunk.end,
-        "metadata": metadata,
-    }
-
-
-
-def answer_dict(answer: Answer) -> dict[str, Any]:
-    """An answer as JSON: what `rag ask --json` prints and `rag run` writes, one format everywhere."""
-    def cited(n: int) -> dict[str, Any]:
-        chunk = answer.hits[n - 1].chunk
-        return {"number": n, "id": chunk.id, "source": chunk.metadata.get("source"), "page": chunk.metadata.get("page")}
-
-    return {
-        "answer": answer.text,
-        "citations": [cited(n) for n in answer.citations],
-        "unknown_citations": answer.unknown_citations,
-        "cited_by": answer.cited_by,
-        "warnings": answer.warnings,
-        "hits": [hit_dict(h) for h in answer.hits],
-        "dropped_hits": answer.dropped_hits,
-        "timings": answer.timings,
-        "usage": answer.usage,
-    }

@@ -259,3 +259,13 @@ def attribute(answer: str, texts: list[str], *, threshold: float = 0.5) -> list[
     shares = [len(words & set(_WORD.findall(text.lower()))) / len(words) for text in texts]
     best = max(range(len(texts)), key=lambda i: shares[i])
     return [best + 1] if shares[best] >= threshold else []
+
+
+def citations(answer: str, sources: list[str]) -> tuple[list[int], list[int], str]:
+    """``(cited, unknown, cited_by)`` for an answer over the numbered ``sources``: the ``[n]`` it
+    wrote (``cited_by == "answer"``), else the source holding most of its words (``"overlap"``)."""
+    cited, unknown = parse_citations(answer, len(sources))
+    if cited or unknown:
+        return cited, unknown, "answer"
+    cited = attribute(answer, sources)
+    return cited, unknown, "overlap" if cited else "answer"

@@ -136,7 +136,7 @@ class Retriever:
     dense_weight: float = 0.5
     score_threshold: float | None = None
     where: dict | None = None
-    use_mmr: bool = False
+    mmr: bool = False
     mmr_lambda: float = 0.5
     rerank_top_n: int = 20
 
@@ -149,7 +149,7 @@ class Retriever:
             raise ConfigError(f"retrieval.mode: {mode} needs the lexical index, which this store does not have")
         k = k or self.k
         where = where if where is not None else self.where
-        depth = max(k, self.fetch_k) if (mode == "hybrid" or self.use_mmr or self.reranker) else k
+        depth = max(k, self.fetch_k) if (mode == "hybrid" or self.mmr or self.reranker) else k
         query = self.embed_query(question)
 
         # Each retriever's own view: id -> (score, rank), and what we know of each chunk.
@@ -158,7 +158,7 @@ class Retriever:
         cosine: dict[str, float] = {}
         per: dict[str, dict[str, tuple[float, int]]] = {}
         if mode in ("dense", "hybrid"):
-            found = self.store.query(query, depth, where, embeddings=self.use_mmr)
+            found = self.store.query(query, depth, where, embeddings=self.mmr)
             per["dense"] = {c.id: (score, rank) for rank, (c, score, _) in enumerate(found, start=1)}
             for chunk, score, vector in found:
                 chunks[chunk.id], cosine[chunk.id] = chunk, score
@@ -187,12 +187,12 @@ class Retriever:
                 cosine[chunk.id] = float(unit(vector) @ unit(query))
 
         # The threshold and MMR look at every candidate; otherwise only the hits shown are completed.
-        head = len(ranked) if (self.score_threshold is not None or self.use_mmr) else self._rerank_depth(k)
-        complete([i for i, _ in ranked[:head]], with_vectors=self.use_mmr)
+        head = len(ranked) if (self.score_threshold is not None or self.mmr) else self._rerank_depth(k)
+        complete([i for i, _ in ranked[:head]], with_vectors=self.mmr)
         ranked = [(i, s) for i, s in ranked[:head] if i in chunks]  # a stale lexical id is never shown
         if self.score_threshold is not None:
             ranked = [(i, s) for i, s in ranked if cosine[i] >= self.score_threshold]
-        if self.use_mmr and ranked:
+        if self.mmr and ranked:
             picked = mmr(query, np.stack([vectors[i] for i, _ in ranked]), len(ranked), self.mmr_lambda)
             ranked = [ranked[p] for p in picked]
         if self.reranker is not None and ranked:

@@ -52,6 +52,15 @@ class Hit:
     scores: dict[str, float] = field(default_factory=dict)
     ranks: dict[str, int] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The hit as JSON: what `rag search --json` and `rag ask --json` print."""
+        metadata = self.chunk.metadata
+        return {
+            "rank": self.rank, "id": self.chunk.id, "score": self.score, "scores": self.scores,
+            "ranks": self.ranks, "source": metadata.get("source"), "page": metadata.get("page"),
+            "text": self.chunk.text, "start": self.chunk.start, "end": self.chunk.end, "metadata": metadata,
+        }
+
 
 @dataclass
 class Answer:
@@ -70,6 +79,25 @@ class Answer:
     cited_by: str = "answer"
     # Why the answer may not rest on the documents (nothing retrieved, nothing fit the budget).
     warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The answer as JSON, one format everywhere: `rag ask --json`, `rag run`, the evaluation."""
+        def cited(n: int) -> dict[str, Any]:
+            chunk = self.hits[n - 1].chunk
+            return {"number": n, "id": chunk.id, "source": chunk.metadata.get("source"),
+                    "page": chunk.metadata.get("page")}
+
+        return {
+            "answer": self.text,
+            "citations": [cited(n) for n in self.citations],
+            "unknown_citations": self.unknown_citations,
+            "cited_by": self.cited_by,
+            "warnings": self.warnings,
+            "hits": [hit.to_dict() for hit in self.hits],
+            "dropped_hits": self.dropped_hits,
+            "timings": self.timings,
+            "usage": self.usage,
+        }
 
 
 # -- the stores, as the indexer and the retriever see them (implementations in rag.stores) ------------
