@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import tokenizers
 from langchain_text_splitters import (
@@ -146,7 +146,7 @@ class Chunker:
             spans.extend((start + a, start + b, headers) for a, b, _ in self._spans(text[start:end]))
         self._counts.clear()
 
-        base = _scalar_metadata(document.metadata)
+        base = {key: value for key, value in document.metadata.items() if value is not None}
         chunks = []
         for index, (start, end, headers) in enumerate(spans):
             piece = text[start:end]
@@ -353,12 +353,3 @@ def _markdown_sections(text: str) -> list[tuple[int, int, str]]:
         section_body = min(offset, len(text))
     sections.append((section_start, len(text), headers))
     return sections
-
-
-def _scalar_metadata(metadata: dict[str, Any]) -> dict[str, str | int | float | bool]:
-    """Document metadata a vector store accepts: scalars kept, None dropped, the rest as text."""
-    return {
-        key: value if isinstance(value, (str, int, float, bool)) else str(value)
-        for key, value in metadata.items()
-        if value is not None
-    }

@@ -55,6 +55,22 @@ def test_ingest_is_idempotent_and_incremental(tmp_path, pipeline):
     assert not any(m["source"].endswith("gamma.txt") for m in all_chunks(pipeline).values())
 
 
+def test_metadata_the_store_keeps(tmp_path, pipeline):
+    """Chroma holds scalars only: lists, mappings and dates from front matter or JSON records come
+    back from the store as JSON and ISO text, numbers past int64 as their digits, None left out."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "post.md").write_text("---\ntags: [a, b]\ndate: 2024-01-02\ndraft: false\nnone:\n---\n# Post\n\nBody.\n")
+    records = [{"text": "A record.", "nested": {"k": 1}, "big": 2**70, "ratio": float("nan"), "extra": None}]
+    (docs / "records.json").write_text(json.dumps(records))
+    assert pipeline.ingest([docs]).added == 2
+    stored = {Path(m["source"]).name: m for m in all_chunks(pipeline).values()}
+    post, record = stored["post.md"], stored["records.json"]
+    assert post["tags"] == '["a", "b"]' and post["date"] == "2024-01-02" and post["draft"] is False
+    assert "none" not in post and "extra" not in record
+    assert record["nested"] == '{"k": 1}' and record["big"] == str(2**70) and record["ratio"] == "nan"
+
+
 def test_chunks_carry_offsets_and_provenance(tmp_path, pipeline):
     docs = make_folder(tmp_path / "docs", PROSE)
     pipeline.ingest([docs])

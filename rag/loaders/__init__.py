@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from rag.errors import LoadError
-from rag.loaders.base import Part, clean_metadata, content_hash, document_id
+from rag.loaders.base import Part, content_hash, document_id
 from rag.text import one_line
 from rag.loaders.text import decode_bytes
 from rag.types import Document
@@ -117,7 +117,9 @@ def _documents(path: Path, fmt: str, parts: list[Part]) -> list[Document]:
             continue
         metadata = {"title": "", **part.metadata, "source": source, "format": fmt, "content_hash": content_hash(text)}
         metadata["title"] = str(metadata["title"] or "")
-        documents.append(Document(id=document_id(source, part.part), text=text, metadata=clean_metadata(metadata)))
+        # Values stay as the file gave them (lists, dates...); the store makes them storable.
+        metadata = {str(key): value for key, value in metadata.items() if value is not None}
+        documents.append(Document(id=document_id(source, part.part), text=text, metadata=metadata))
     return documents
 
 

@@ -1,19 +1,14 @@
-"""What every format loader shares: the part record, deterministic ids, Chroma-safe metadata."""
+"""What every format loader shares: the part record, deterministic ids, table rendering."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 # Keys that load_file owns; a loader (front matter, a JSON record) that brings one of these keeps it
 # under "meta_<key>" instead of silently overwriting the file's identity.
 RESERVED_KEYS = frozenset({"source", "format", "content_hash"})
-
-_INT64 = 2**63
 
 
 @dataclass
@@ -36,32 +31,6 @@ def document_id(source: str, part: int | None = None) -> str:
 
 def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def metadata_value(value: Any) -> str | int | float | bool | None:
-    """Turn any value into one Chroma accepts (str, int, float, bool), or None to drop it."""
-    if value is None:
-        return None
-    if isinstance(value, bool | str):
-        return value
-    if isinstance(value, int):
-        # Chroma stores int64; bigger numbers keep their digits as text.
-        return value if -_INT64 <= value < _INT64 else str(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, dt.date | dt.time):
-        return value.isoformat()
-    return json.dumps(value, default=str, ensure_ascii=False)
-
-
-def clean_metadata(metadata: dict[Any, Any]) -> dict[str, str | int | float | bool]:
-    """Metadata with None dropped and every other value made Chroma-compatible."""
-    cleaned = {}
-    for key, value in metadata.items():
-        value = metadata_value(value)
-        if value is not None:
-            cleaned[str(key)] = value
-    return cleaned
 
 
 def user_metadata(fields: dict[Any, Any]) -> dict[str, Any]:

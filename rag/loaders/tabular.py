@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import LoadError
-from rag.loaders.base import Part, metadata_value, rows_as_records, user_metadata
+from rag.loaders.base import Part, rows_as_records, user_metadata
 from rag.text import one_line
 from rag.loaders.text import decode_bytes
 
@@ -71,8 +71,8 @@ def _record_part(record: Any, text_field: str, part: int | None, extra: dict[str
     # The field holding the text is not repeated as metadata (for "a.b", the whole of "a").
     text_key = text_field if text_field in record else text_field.split(".")[0]
     metadata = user_metadata({key: val for key, val in record.items() if key != text_key})
-    title = metadata_value(metadata.get("title"))
-    metadata["title"] = "" if title is None else str(title)
+    title = metadata.get("title")
+    metadata["title"] = "" if title is None else title if isinstance(title, str) else json.dumps(title, default=str, ensure_ascii=False)
     return Part(str(value), {**metadata, **extra}, part=part)
 
 

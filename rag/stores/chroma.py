@@ -9,7 +9,10 @@ refused instead of silently mixing vector spaces.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
+import json
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,6 +29,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 # Recorded settings that must match for the stored vectors to mean anything.
 MUST_MATCH = ("embedding_model", "embedding_dimension", "embedding_pooling", "embedding_normalized")
 STATE_KEY = "rag_state"
+_INT64 = 2**63
 
 
 class Store:
@@ -216,13 +220,14 @@ class Store:
                 ids=[c.id for c in batch],
                 embeddings=vectors[begin : begin + page],
                 documents=[c.text for c in batch],
-                metadatas=[c.metadata for c in batch],
+                metadatas=[storable(c.metadata) for c in batch],
             )
 
     def update_metadata(self, ids: Sequence[str], metadatas: Sequence[dict[str, Any]]) -> None:
         page = self.client.get_max_batch_size()
         for begin in range(0, len(ids), page):
-            self.collection.update(ids=list(ids[begin : begin + page]), metadatas=list(metadatas[begin : begin + page]))
+            self.collection.update(ids=list(ids[begin : begin + page]),
+                                   metadatas=[storable(m) for m in metadatas[begin : begin + page]])
 
     def delete(self, ids: Iterable[str]) -> None:
         ids = list(ids)
@@ -276,3 +281,22 @@ def _chunk(chunk_id: str, text: str, metadata: dict[str, Any] | None) -> Chunk:
         end=int(metadata.get("end", len(text or ""))),
         metadata=metadata,
     )
+
+
+def storable(metadata: dict[Any, Any]) -> dict[str, str | int | float | bool]:
+    """Metadata as Chroma stores it: None dropped, scalars kept, dates in ISO form, numbers past
+    int64 and non-finite floats as text, anything else (lists, mappings) as JSON."""
+    stored: dict[str, str | int | float | bool] = {}
+    for key, value in metadata.items():
+        if value is None:
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+            value = str(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            value = str(value)
+        elif isinstance(value, dt.date | dt.time):
+            value = value.isoformat()
+        elif not isinstance(value, bool | str | int | float):
+            value = json.dumps(value, default=str, ensure_ascii=False)
+        stored[str(key)] = value
+    return stored
