@@ -36,7 +36,8 @@ root:
     python examples/benchmarks/qa_langchain.py --squad ../shared/data/xquad-en/xquad.en.json \\
         --model /models/SmolLM2-135M-Instruct -k 5 --max-new-tokens 64 --out langchain-qa.json
 
-Smoke test: add ``--limit 5``. stdout gets one JSON object (system, questions, k, exact_match, f1,
+Smoke test: add ``--limit 5``. To use more cores, run shards (``--offset 0 --limit 595`` and
+``--offset 595``, each with its own ``--out``) and combine them: ``--merge a.json b.json``. stdout gets one JSON object (system, questions, k, exact_match, f1,
 answer_latency_ms, ingest_seconds); progress goes to stderr. ``--out FILE.json`` also writes the
 settings and one row per question (prediction, gold answers, EM, F1, seconds, and the rank of the
 first retrieved chunk that contains a gold answer).
@@ -90,6 +91,21 @@ def squad_documents(squad: str) -> tuple[list[Document], list[Any]]:
     return documents, questions
 
 
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Questions, mean exact match and F1, and answer latency percentiles over per-question rows."""
+    seconds = [row["seconds"] for row in rows]
+    n = max(1, len(rows))
+    return {
+        "questions": len(rows),
+        "exact_match": sum(row["em"] for row in rows) / n,
+        "f1": sum(row["f1"] for row in rows) / n,
+        "answer_latency_ms": {
+            "p50": 1000 * percentile(seconds, 50) if seconds else 0.0,
+            "p95": 1000 * percentile(seconds, 95) if seconds else 0.0,
+        },
+    }
+
+
 def build_llm(folder: str, max_new_tokens: int):
     """A chat model over a local transformers folder: pipeline -> HuggingFacePipeline -> ChatHuggingFace."""
     import torch
@@ -109,14 +125,23 @@ def build_llm(folder: str, max_new_tokens: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--squad", required=True, help="SQuAD v1.1 JSON file")
-    parser.add_argument("--model", required=True, help="transformers model folder (config, safetensors, tokenizer)")
+    parser.add_argument("--squad", help="SQuAD v1.1 JSON file")
+    parser.add_argument("--model", help="transformers model folder (config, safetensors, tokenizer)")
     parser.add_argument("-k", type=int, default=5, help="chunks retrieved per question (default 5)")
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
+    parser.add_argument("--offset", type=int, default=0, help="skip the first N questions (for shards)")
+    parser.add_argument("--merge", nargs="+", metavar="OUT.json",
+                        help="only combine the rows of shards' --out files into one result")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="the most tokens an answer may have")
     parser.add_argument("--store", default=None, help="Chroma folder to keep (default: a temporary one)")
     parser.add_argument("--out", default=None, help="write metrics, settings and per-question rows here (JSON)")
     args = parser.parse_args()
+    if args.merge:
+        rows = [row for out in args.merge for row in json.loads(Path(out).read_text(encoding="utf-8"))["rows"]]
+        print(json.dumps({"system": "langchain", **summary(rows)}))
+        return
+    if not (args.squad and args.model):
+        parser.error("--squad and --model are required (unless --merge)")
     if args.k < 1:
         parser.error("-k must be at least 1")
     if args.limit is not None and args.limit < 1:
@@ -133,6 +158,7 @@ def main() -> None:
     from langchain_huggingface import HuggingFaceEmbeddings
 
     documents, questions = squad_documents(args.squad)
+    questions = questions[args.offset:]
     if args.limit:
         questions = questions[:args.limit]
     progress(f"{len(documents)} articles, {len(questions)} questions from {args.squad}")
@@ -185,14 +211,11 @@ def main() -> None:
         )
 
         rows: list[dict[str, Any]] = []
-        seconds: list[float] = []
-        em = f1 = 0.0
         for number, question in enumerate(questions, start=1):
             retrieved.clear()
             clock = time.perf_counter()
             prediction = chain.invoke(question.question)
             elapsed = time.perf_counter() - clock
-            seconds.append(elapsed)
             docs = retrieved[-1] if retrieved else []
             row = {
                 "id": question.id,
@@ -206,23 +229,14 @@ def main() -> None:
                                      if answer_in_text(question.answers, doc.page_content)), None),
                 "retrieved": [doc.id for doc in docs],
             }
-            em += row["em"]
-            f1 += row["f1"]
             rows.append(row)
-            progress(f"[{number}/{len(questions)}] em={row['em']:.0f} f1={row['f1']:.2f} "
+            progress(f"[{args.offset + number}/{args.offset + len(questions)}] em={row['em']:.0f} f1={row['f1']:.2f} "
                      f"{elapsed:.1f} s: {prediction.strip()[:80]!r}")
 
-    n = max(1, len(questions))
     result = {
         "system": "langchain",
-        "questions": len(questions),
         "k": args.k,
-        "exact_match": em / n,
-        "f1": f1 / n,
-        "answer_latency_ms": {
-            "p50": 1000 * percentile(seconds, 50) if seconds else 0.0,
-            "p95": 1000 * percentile(seconds, 95) if seconds else 0.0,
-        },
+        **summary(rows),
         "ingest_seconds": ingest_seconds,
     }
     if args.out:
@@ -230,7 +244,7 @@ def main() -> None:
             **result,
             "settings": {
                 "squad": str(args.squad), "model": str(args.model), "max_new_tokens": args.max_new_tokens,
-                "limit": args.limit, "chunks": len(chunks), "chunks_embedded": len(todo),
+                "limit": args.limit, "offset": args.offset, "chunks": len(chunks), "chunks_embedded": len(todo),
                 "chunk_size_tokens": chunker.limit, "system_prompt": SYSTEM_PROMPT, "human_prompt": HUMAN_PROMPT,
             },
             "rows": rows,
