@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("recursive", "markdown", "token")
 HEADER_JOIN = " > "
 
 Span = tuple[int, int]
@@ -65,22 +64,12 @@ class Chunker:
         chunk_overlap: int = 32,
         max_tokens: int | None = None,
     ) -> None:
-        if strategy not in STRATEGIES:
-            raise ConfigError(
-                f"chunking.strategy: unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}"
-            )
-        if chunk_size < 1:
-            raise ConfigError(f"chunking.chunk_size must be at least 1 token, got {chunk_size}")
-        if chunk_overlap < 0:
-            raise ConfigError(f"chunking.chunk_overlap must be 0 or more tokens, got {chunk_overlap}")
-        if max_tokens is not None and max_tokens < 1:
-            raise ConfigError(f"chunking: max_tokens must be at least 1, got {max_tokens}")
+        # Settings are checked by rag.config; what only the model knows is checked here.
         limit = chunk_size if max_tokens is None else min(chunk_size, max_tokens)
         if chunk_overlap >= limit:
-            capped = f" (chunking.chunk_size {chunk_size} capped by the model's {max_tokens})"
             raise ConfigError(
-                f"chunking.chunk_overlap ({chunk_overlap}) must be smaller than the chunk size "
-                f"{limit}{capped if limit < chunk_size else ''}"
+                f"chunking.chunk_overlap ({chunk_overlap}) must be smaller than the chunk size {limit} "
+                f"(chunking.chunk_size {chunk_size} capped by the model's {max_tokens})"
             )
         if not getattr(tokenizer, "is_fast", False):
             raise ModelError(

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rag.errors import ConfigError
-from rag.types import RetrievalMode
+from rag.types import ChunkingStrategy, RetrievalMode
 
 
 class Section(BaseModel):
@@ -38,9 +38,17 @@ class LoadingSettings(Section):
 
 
 class ChunkingSettings(Section):
-    strategy: Literal["recursive", "markdown", "token"] = "recursive"
+    strategy: ChunkingStrategy = "recursive"
     chunk_size: int = Field(default=256, ge=1)
     chunk_overlap: int = Field(default=32, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkingSettings:
+        # The model's own limit may cap chunk_size further; the Chunker checks that one.
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(f"chunking.chunk_overlap ({self.chunk_overlap}) must be smaller than "
+                             f"chunking.chunk_size ({self.chunk_size})")
+        return self
 
 
 class EmbeddingSettings(Section):
@@ -217,6 +225,8 @@ def _validation_message(exc: ValidationError, origin: str) -> str:
         key = ".".join(str(p) for p in error["loc"])
         if error["type"] == "extra_forbidden":
             problems.append(f"{key}: unknown key")
+        elif error["type"] == "value_error":  # a check across keys: its message names them
+            problems.append(str(error["ctx"]["error"]))
         else:
             problems.append(f"{key}: {error['msg']} (got {error.get('input')!r})")
     return f"{origin}: " + "; ".join(problems)
@@ -271,11 +281,6 @@ def load_settings(
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_validation_message(exc, origin)) from None
-    if settings.chunking.chunk_overlap >= settings.chunking.chunk_size:
-        raise ConfigError(
-            f"{origin}: chunking.chunk_overlap ({settings.chunking.chunk_overlap}) must be smaller than "
-            f"chunking.chunk_size ({settings.chunking.chunk_size})"
-        )
     if settings.store.token is None and os.environ.get("RAG_CHROMA_TOKEN"):
         settings.store.token = os.environ["RAG_CHROMA_TOKEN"]
     return settings

@@ -22,7 +22,6 @@ from rag.errors import ConfigError, ModelError
 from rag.hub import MODEL_LOADING, local_folder, locate, pick_device
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-POOLINGS = ("mean", "cls", "last", "max")
 
 # Families that were trained with instruction prefixes; used when neither the config nor the model's
 # own files give them. Matched against the lower-cased model name.
@@ -80,10 +79,6 @@ class Embedder:
         quantize: str | None = None,
         trust_remote_code: bool = False,
     ):
-        if pooling is not None and pooling not in POOLINGS:
-            raise ConfigError(f"embedding.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
-        if quantize not in (None, "none", "int8"):
-            raise ConfigError(f"embedding.quantize: {quantize!r} is not one of none, int8")
         self.model_name = model
         self.path = resolve_model_path(model)
         self.device = pick_device(device)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rag.errors import ConfigError, GenerationError, ModelError
+from rag.errors import GenerationError, ModelError
 from rag.gguf import converted, find_gguf
 from rag.hub import MODEL_LOADING, locate, pick_device
 
@@ -171,8 +171,6 @@ class Generator:
         context_window: int | None = None,
         system_prompt: str | None = None,
     ):
-        if dtype != "auto" and dtype not in _DTYPES:
-            raise ConfigError(f"generation.dtype {dtype!r} is not one of: auto, float32, float16, bfloat16")
         self.model_name = str(model)
         self.device = device
         self.dtype = dtype
@@ -308,6 +306,12 @@ class Generator:
     # ----------------------------------------------------------------- prompts and tokens
 
     @property
+    def prompt_budget(self) -> int:
+        """Tokens a formatted prompt may take: the context window less the answer's room. The
+        pipeline packs sources up to it; a prompt over it is refused before generation starts."""
+        return self.context_window - self.max_new_tokens
+
+    @property
     def uses_chat_template(self) -> bool:
         """Whether prompts go through the tokenizer's chat template (else the plain format)."""
         return bool(getattr(self.tokenizer, "chat_template", None))
@@ -369,7 +373,7 @@ class Generator:
         import torch
 
         ids = self._encode(prompt)
-        if len(ids) + self.max_new_tokens > self.context_window:
+        if len(ids) > self.prompt_budget:
             raise GenerationError(
                 f"the prompt is {len(ids)} tokens and generation.max_new_tokens is {self.max_new_tokens}: "
                 f"together more than the context window of {self.context_window} tokens; shorten the prompt "
@@ -430,17 +434,21 @@ class Generator:
         text, _ = _cut_at_stop(self._decode(new_tokens), self.stop)
         return text, {"prompt_tokens": prompt_len, "completion_tokens": int(new_tokens.shape[0])}
 
-    def stream(self, prompt: str) -> PyGenerator[str, None, dict[str, int]]:
-        """Yield the completion in pieces as it is generated; return the usage dict at the end.
+    def stream(self, prompt: str) -> Completion:
+        """The completion in pieces as it is generated (see Completion).
 
         ``model.generate`` runs in a worker thread feeding a ``TextIteratorStreamer``. A tail as long
         as the longest stop string (minus one) is held back, so a stop string split across pieces is
-        never partly yielded. Closing the generator early cancels the worker; an exception in the
-        worker is re-raised here.
+        never partly yielded. A prompt that does not fit raises here, before any piece.
         """
+        input_ids, attention_mask, config = self._prepare(prompt)
+        usage = {"prompt_tokens": int(input_ids.shape[1]), "completion_tokens": 0}
+        return Completion(self._stream(input_ids, attention_mask, config, usage), usage)
+
+    def _stream(self, input_ids: Any, attention_mask: Any, config: Any,
+                usage: dict[str, int]) -> PyGenerator[str, None, None]:
         from transformers import TextIteratorStreamer
 
-        input_ids, attention_mask, config = self._prepare(prompt)
         prompt_len = input_ids.shape[1]
         streamer = TextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, clean_up_tokenization_spaces=False
@@ -492,8 +500,26 @@ class Generator:
             worker.join()
         if "error" in result:
             raise result["error"]
-        output = result["output"]
-        return {"prompt_tokens": prompt_len, "completion_tokens": int(output.shape[1] - prompt_len)}
+        usage["completion_tokens"] = int(result["output"].shape[1] - prompt_len)
+
+
+class Completion:
+    """One generation's text pieces, as they are generated. ``usage`` (``prompt_tokens``,
+    ``completion_tokens``) is complete once every piece is read; ``close()`` before that stops the
+    model (a client that went away), and an error in the model is raised from the next piece."""
+
+    def __init__(self, pieces: PyGenerator[str, None, None], usage: dict[str, int]):
+        self._pieces = pieces
+        self.usage = usage
+
+    def __iter__(self) -> Completion:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces.close()
 
 
 def _pieces(streamer: Any, worker: threading.Thread) -> PyGenerator[str, None, None]:

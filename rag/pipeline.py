@@ -224,9 +224,10 @@ class Pipeline:
         clock = time.perf_counter()
         generator = self.generator
         evidence = self._evidence(question, hits)
-        budget = generator.context_window - generator.max_new_tokens
-        prompt, kept, dropped = self.prompt.pack(question, evidence, generator.count_tokens, budget,
-                                                 escape=generator.neutralize, finish=generator.format_prompt)
+        prompt, kept, dropped = self.prompt.pack(
+            question, evidence, generator.count_tokens, generator.prompt_budget,
+            escape=generator.neutralize, finish=generator.format_prompt,
+        )
         warnings = []
         if not hits:
             warnings.append("nothing was retrieved for this question, so the answer rests on no source")
@@ -237,23 +238,22 @@ class Pipeline:
 
         clock = time.perf_counter()
         pieces: list[str] = []
-        stream = generator.stream(prompt)
-        while True:
-            try:
-                piece = next(stream)
-            except StopIteration as done:
-                usage = dict(done.value or {})
-                break
-            if not pieces:
-                timings["first_token"] = time.perf_counter() - clock
-            pieces.append(piece)
-            yield piece
+        completion = generator.stream(prompt)
+        try:
+            for piece in completion:
+                if not pieces:
+                    timings["first_token"] = time.perf_counter() - clock
+                pieces.append(piece)
+                yield piece
+        finally:
+            completion.close()  # this stream closed early: stop the model too
         timings["generation"] = time.perf_counter() - clock
         timings.setdefault("first_token", timings["generation"])
         text = "".join(pieces)
         cited, unknown, cited_by = citations(text, [hit.chunk.text for hit in kept])
-        yield Answer(text=text, hits=kept, citations=cited, prompt=prompt, timings=timings, usage=usage,
-                     dropped_hits=dropped, unknown_citations=unknown, cited_by=cited_by, warnings=warnings)
+        yield Answer(text=text, hits=kept, citations=cited, prompt=prompt, timings=timings,
+                     usage=dict(completion.usage), dropped_hits=dropped, unknown_citations=unknown,
+                     cited_by=cited_by, warnings=warnings)
 
     # -- what the store holds -------------------------------------------------------------------
 

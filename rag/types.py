@@ -10,9 +10,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 if TYPE_CHECKING:  # for the protocols' annotations only: importing the records stays cheap
     import numpy as np
 
-# The retrieval modes: the config's type, the CLI's choices and the retriever's dispatch read them here.
+# The retrieval modes and chunking strategies: the config's types, the CLI's choices and the stages'
+# dispatch read them here.
 RetrievalMode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[str, ...] = get_args(RetrievalMode)
+ChunkingStrategy = Literal["recursive", "markdown", "token"]
+STRATEGIES: tuple[str, ...] = get_args(ChunkingStrategy)
 
 
 @dataclass
@@ -101,6 +104,12 @@ class Answer:
 
 
 # -- the stores, as the indexer and the retriever see them (implementations in rag.stores) ------------
+
+
+# The store-neutral metadata filter (``where``): ``{"field": value}`` keeps chunks whose field equals
+# value; ``{"field": {"$gte": 2, "$lt": 5}}`` applies operators; several fields in one mapping must all
+# match; ``{"$and": [...]}`` and ``{"$or": [...]}`` combine filters. Each store translates it.
+FILTER_OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin")
 
 
 class VectorStore(Protocol):

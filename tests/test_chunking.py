@@ -6,9 +6,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rag.chunking import STRATEGIES, Chunker, chunk_id
+from rag.chunking import Chunker, chunk_id
+from rag.config import load_settings
 from rag.errors import ConfigError, ModelError
-from rag.types import Document
+from rag.types import STRATEGIES, Document
 
 PARAGRAPHS = [
     "Retrieval-augmented generation answers a question in two steps. First it looks up the passages "
@@ -306,18 +307,23 @@ def test_chunk_id_shape():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "key"),
+    ("values", "key"),
     [
         ({"strategy": "semantic"}, "chunking.strategy"),
         ({"chunk_size": 0}, "chunking.chunk_size"),
         ({"chunk_overlap": -1}, "chunking.chunk_overlap"),
         ({"chunk_size": 32, "chunk_overlap": 32}, "chunking.chunk_overlap"),
-        ({"chunk_size": 512, "chunk_overlap": 200, "max_tokens": 128}, "chunking.chunk_overlap"),
     ],
 )
-def test_bad_settings_name_the_key(tokenizer, kwargs, key):
+def test_bad_settings_name_the_key(values, key):
     with pytest.raises(ConfigError, match=key):
-        Chunker(tokenizer, **kwargs)
+        load_settings(None, {f"chunking.{name}": value for name, value in values.items()})
+
+
+def test_overlap_beyond_the_models_limit_names_the_key(tokenizer):
+    # chunk_size 512 is fine as a setting, but the model takes 128 tokens: the overlap no longer fits.
+    with pytest.raises(ConfigError, match="chunking.chunk_overlap .* capped by the model's 128"):
+        Chunker(tokenizer, chunk_size=512, chunk_overlap=200, max_tokens=128)
 
 
 def test_a_slow_tokenizer_is_refused():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from rag.config import load_settings
 from rag.embedding import DEFAULT_MODEL, Embedder, resolve_model_path
 from rag.errors import ConfigError, ModelError
 
@@ -115,4 +116,4 @@ def test_bad_model_and_settings(tmp_path):
     with pytest.raises(ModelError, match="embedding.model"):
         Embedder(str(tmp_path / "no-such-model"))
     with pytest.raises(ConfigError, match="embedding.pooling"):
-        Embedder(DEFAULT_MODEL, pooling="median")
+        load_settings(None, {"embedding.pooling": "median"})

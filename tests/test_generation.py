@@ -37,14 +37,10 @@ def chat(request):
 
 
 def run_stream(gen: Generator, prompt: str) -> tuple[list[str], dict]:
-    """All pieces a stream yields, and the usage it returns."""
-    stream = gen.stream(prompt)
-    pieces = []
-    while True:
-        try:
-            pieces.append(next(stream))
-        except StopIteration as stop:
-            return pieces, stop.value
+    """All pieces a stream yields, and its usage once they are read."""
+    completion = gen.stream(prompt)
+    pieces = list(completion)
+    return pieces, completion.usage
 
 
 def without_eos(gen: Generator) -> Generator:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rag.errors import ConfigError
 from rag.pipeline import Pipeline
 from rag.retrieval import mmr, rrf, weighted
 from support import PROSE, make_folder
@@ -145,6 +146,24 @@ def test_filters_and_threshold(tmp_path, config):
     hits = strict.search("molten salt reactor", k=10)
     assert hits and all(h.scores["dense"] >= 0.3 for h in hits)
     assert len(hits) < len(pipeline.search("molten salt reactor", k=10))
+
+
+def test_filter_with_several_fields_and_operators(tmp_path, config):
+    Pipeline.from_config(config).ingest([make_folder(tmp_path / "docs", PROSE)])
+    pipeline = Pipeline.from_config(config)
+    where = {"format": "text", "start": {"$gte": 1}}  # two fields, and an operator: Chroma alone refuses this
+    assert pipeline.search("reactor", where=where)
+    stored = dict(pipeline.store.iter_metadata())
+    expected = {i for i, m in stored.items() if m["format"] == "text" and m["start"] >= 1}
+    assert expected and expected != set(stored)
+    assert pipeline.store.ids(where) == expected
+    for mode in ("dense", "lexical", "hybrid"):
+        hits = pipeline.search("reactor with telescope mirrors", k=len(stored), mode=mode, where=where)
+        assert hits and {h.chunk.id for h in hits} <= expected, mode
+    ranged = {"$or": [{"start": {"$lt": 1}}, {"format": {"$in": ["pdf"]}}]}
+    assert pipeline.store.ids(ranged) == {i for i, m in stored.items() if m["start"] < 1}
+    with pytest.raises(ConfigError, match=r"retrieval.where: start: \['\$like'\] is not an operator"):
+        pipeline.search("reactor", where={"start": {"$like": 3}})
 
 
 def test_reranker_mechanics(tmp_path, config, minilm_path):

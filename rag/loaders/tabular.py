@@ -71,8 +71,13 @@ def _record_part(record: Any, text_field: str, part: int | None, extra: dict[str
     # The field holding the text is not repeated as metadata (for "a.b", the whole of "a").
     text_key = text_field if text_field in record else text_field.split(".")[0]
     metadata = user_metadata({key: val for key, val in record.items() if key != text_key})
-    title = metadata.get("title")
-    metadata["title"] = "" if title is None else title if isinstance(title, str) else json.dumps(title, default=str, ensure_ascii=False)
+    # Every document has a text title; a record's own "title" of another type is kept as its JSON.
+    title = metadata.get("title", "")
+    if title is None:
+        title = ""
+    elif not isinstance(title, str):
+        title = json.dumps(title, default=str, ensure_ascii=False)
+    metadata["title"] = title
     return Part(str(value), {**metadata, **extra}, part=part)
 
 

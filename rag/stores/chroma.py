@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from rag.errors import StoreError
-from rag.types import Chunk
+from rag.errors import ConfigError, StoreError
+from rag.types import FILTER_OPERATORS, Chunk
 
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
@@ -149,7 +149,7 @@ class Store:
         page = page or self._page_size()
         offset = 0
         while True:
-            got = self.collection.get(where=where, limit=page, offset=offset, include=include)
+            got = self.collection.get(where=chroma_where(where), limit=page, offset=offset, include=include)
             yield got
             if len(got["ids"]) < page:
                 return
@@ -189,12 +189,13 @@ class Store:
     def query(self, vector: np.ndarray, k: int, where: dict | None = None,
               *, embeddings: bool = False) -> list[tuple[Chunk, float, np.ndarray | None]]:
         """The k nearest chunks as (chunk, cosine similarity, vector?), best first."""
-        if k < 1 or self.count() == 0:
+        if k < 1:
             return []
         include = ["documents", "metadatas", "distances"] + (["embeddings"] if embeddings else [])
+        translated = chroma_where(where)
         try:
-            got = self.collection.query(query_embeddings=[vector.tolist()], n_results=k, where=where,
-                                        include=include)
+            got = self.collection.query(query_embeddings=[vector.tolist()], n_results=k,
+                                        where=translated, include=include)
         except Exception as exc:  # noqa: BLE001 - a malformed filter is the user's input
             raise StoreError(f"retrieval.where: Chroma rejected the filter {where!r}: {exc}") from None
         vectors = got.get("embeddings")[0] if embeddings else None
@@ -281,6 +282,33 @@ def _chunk(chunk_id: str, text: str, metadata: dict[str, Any] | None) -> Chunk:
         end=int(metadata.get("end", len(text or ""))),
         metadata=metadata,
     )
+
+
+def chroma_where(where: dict | None) -> dict | None:
+    """rag's filter (see rag.types.VectorStore) in Chroma's syntax, where a mapping holds exactly one
+    field or operator: several fields, or several operators on one field, become an ``$and``."""
+    if not where:
+        return None
+    if not isinstance(where, dict):
+        raise ConfigError(f"retrieval.where: expected a mapping of metadata field -> value, got {where!r}")
+    clauses: list[dict[str, Any]] = []
+    for key, value in where.items():
+        if key in ("$and", "$or"):
+            if not isinstance(value, list) or not value or not all(isinstance(v, dict) and v for v in value):
+                raise ConfigError(f"retrieval.where: {key} takes a list of filters, got {value!r}")
+            parts = [chroma_where(v) for v in value]
+            clauses.append(parts[0] if len(parts) == 1 else {key: parts})
+        elif key.startswith("$"):
+            raise ConfigError(f"retrieval.where: {key!r} is not an operator here; use $and, $or, or a field name")
+        elif isinstance(value, dict):
+            unknown = [op for op in value if op not in FILTER_OPERATORS]
+            if unknown or not value:
+                raise ConfigError(f"retrieval.where: {key}: {unknown or value!r} is not an operator; use one "
+                                  f"of {', '.join(FILTER_OPERATORS)}")
+            clauses.extend({key: {op: operand}} for op, operand in value.items())
+        else:
+            clauses.append({key: value})
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
 def storable(metadata: dict[Any, Any]) -> dict[str, str | int | float | bool]:
