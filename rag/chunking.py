@@ -67,9 +67,10 @@ class Chunker:
         # Settings are checked by rag.config; what only the model knows is checked here.
         limit = chunk_size if max_tokens is None else min(chunk_size, max_tokens)
         if chunk_overlap >= limit:
+            capped = f" (chunking.chunk_size {chunk_size} capped by the model's {max_tokens})"
             raise ConfigError(
-                f"chunking.chunk_overlap ({chunk_overlap}) must be smaller than the chunk size {limit} "
-                f"(chunking.chunk_size {chunk_size} capped by the model's {max_tokens})"
+                f"chunking.chunk_overlap ({chunk_overlap}) must be smaller than the chunk size "
+                f"{limit}{capped if limit < chunk_size else ''}"
             )
         if not getattr(tokenizer, "is_fast", False):
             raise ModelError(

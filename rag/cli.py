@@ -47,7 +47,32 @@ def build_parser() -> argparse.ArgumentParser:
     _common(search)
 
     info = commands.add_parser("info", help="what the store holds")
+    info.add_argument("--duplicates", action="store_true",
+                      help="list groups of near-duplicate chunks (one line per group) instead")
+    info.add_argument("--threshold", type=float, default=0.98,
+                      help="with --duplicates: the cosine similarity that makes two chunks copies (0.98)")
     _common(info)
+
+    similar = commands.add_parser("similar", help="the chunks nearest a stored chunk or a text")
+    target = similar.add_mutually_exclusive_group(required=True)
+    target.add_argument("--id", dest="chunk_id", metavar="CHUNK_ID", help="a stored chunk's id (itself left out)")
+    target.add_argument("--text", metavar="TEXT", help="a text, embedded as the documents are")
+    similar.add_argument("-k", type=int, help="how many chunks (default retrieval.k)")
+    _common(similar)
+
+    # The choices are rag.mapping's METHODS and COLOR_BY, written out so that `rag --help` imports
+    # nothing heavy (tests/test_map.py checks that they agree).
+    map_ = commands.add_parser("map", help="draw the stored vectors in 2-D: map.png and an interactive map.html")
+    map_.add_argument("--out", metavar="DIR", default="rag-map", help="where map.png and map.html go (./rag-map)")
+    map_.add_argument("--color-by", choices=["source", "format", "cluster"], default="source",
+                      help="colour the points by file, by format, or by k-means cluster (source)")
+    map_.add_argument("--query", metavar="TEXT", help="also draw this query and circle its top-k hits")
+    map_.add_argument("--method", choices=["pca", "umap"], default="pca",
+                      help='projection (pca; umap needs pip install -e ".[umap]")')
+    map_.add_argument("--limit", type=int, default=5000, metavar="N",
+                      help="draw at most N chunks, a reproducible sample (5000)")
+    map_.add_argument("-k", type=int, help="how many of the query's hits to circle (default retrieval.k)")
+    _common(map_)
 
     ask = commands.add_parser("ask", help="answer a question from the store, streamed, with sources")
     ask.add_argument("question")
@@ -68,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrieval.add_argument("--queries", required=True, metavar="queries.jsonl")
     retrieval.add_argument("--qrels", required=True, metavar="qrels.tsv")
     retrieval.add_argument("--mode", choices=MODES)
-    retrieval.add_argument("--out", metavar="DIR", help="also write per-query results and a Markdown report")
+    retrieval.add_argument("--out", metavar="DIR", help="also write per-query results and a Markdown report "
+                           "comparing all modes, with pictures")
     _common(retrieval)
     qa = kinds.add_parser("qa", help="answer recall (and EM/F1 with --generate) on a SQuAD-format file")
     qa.add_argument("--squad", required=True, metavar="FILE")
@@ -124,6 +150,20 @@ def cmd_search(args: argparse.Namespace) -> int:
         _emit_json({"query": args.query, "mode": args.mode or pipeline.settings.retrieval.mode,
                     "hits": [h.to_dict() for h in hits]})
         return 0
+    _print_hits(hits)
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    hits = _pipeline(args).similar(chunk_id=args.chunk_id, text=args.text, k=args.k)
+    if args.json:
+        _emit_json({"id": args.chunk_id, "text": args.text, "hits": [h.to_dict() for h in hits]})
+    else:
+        _print_hits(hits)
+    return 0
+
+
+def _print_hits(hits: list) -> None:
     width = shutil.get_terminal_size((100, 20)).columns
     for hit in hits:
         print(f"{hit.rank:>2}. {hit.score:.4f}  {_where(hit.chunk.metadata)}")
@@ -131,16 +171,48 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(textwrap.indent(textwrap.shorten(text, width=max(40, 3 * width - 20), placeholder=" ..."), "    "))
     if not hits:
         print("no matching chunks", file=sys.stderr)
-    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    info = _pipeline(args).info()
+    pipeline = _pipeline(args)
+    if args.duplicates:
+        return _duplicates(pipeline, args)
+    info = pipeline.info()
     if args.json:
         _emit_json(info)
     else:
         for key, value in info.items():
             print(f"{key}: {value}")
+    return 0
+
+
+def _duplicates(pipeline, args: argparse.Namespace) -> int:
+    groups = pipeline.duplicates(args.threshold)
+    if args.json:
+        _emit_json({"threshold": args.threshold, "groups": [
+            [{"id": c.id, "source": c.metadata.get("source"), "page": c.metadata.get("page"), "start": c.start,
+              "end": c.end} for c in group] for group in groups]})
+        return 0
+    for group in groups:
+        places = [f"{_where(c.metadata)} [{c.start}:{c.end}]" for c in group]
+        print(f"{len(group)} chunks: " + ", ".join(places))
+    copies = sum(len(g) for g in groups)
+    print(f"{len(groups)} groups of near-duplicate chunks ({copies} chunks, cosine >= {args.threshold})",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    result = _pipeline(args).map(args.out, color_by=args.color_by, query=args.query, method=args.method,
+                                 limit=args.limit, k=args.k)
+    drawn, total = result["points"], result["total"]
+    sampled = f"all {total:,} chunks" if drawn >= total else f"{drawn:,} of {total:,} chunks sampled"
+    print(f"rag: map: {sampled}", file=sys.stderr)
+    if args.json:
+        _emit_json(result)
+    else:
+        print(result["png"])
+        print(result["html"])
     return 0
 
 
@@ -207,7 +279,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "info": cmd_info, "ask": cmd_ask, "run": cmd_run,
-            "eval": cmd_eval}
+            "eval": cmd_eval, "similar": cmd_similar, "map": cmd_map}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rag.errors import ConfigError
-from rag.types import ChunkingStrategy, RetrievalMode
+from rag.types import ChunkingStrategy, RetrievalMode, SimilaritySpace
 
 
 class Section(BaseModel):
@@ -63,6 +63,8 @@ class EmbeddingSettings(Section):
     document_prefix: str | None = None
     quantize: Literal["none", "int8"] = "none"
     trust_remote_code: bool = False
+    # How the store measures similarity (Chroma's hnsw:space), fixed when the collection is created.
+    space: SimilaritySpace = "cosine"
 
 
 class IngestSettings(Section):

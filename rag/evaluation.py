@@ -35,6 +35,13 @@ Retrieval metrics (per query; the reported value is the mean over the evaluated 
   not min(R, k).
 When k is larger than the ranking, the ranking is used as it is (nothing is padded).
 
+Comparing runs
+--------------
+- :func:`recall_curve`: the mean recall@k for each k asked for, over the same queries as
+  :func:`retrieval_metrics` (it is that function's ``recall@k``, at many k at once).
+- :func:`paired_outcomes`: per-query comparison of two runs on one metric: on how many queries the
+  second scores higher than the first, lower, or the same (:func:`outcome`: within 1e-12).
+
 Which queries are averaged
 --------------------------
 - A query with no relevant document in the qrels (absent, or all grades <= 0) is skipped: it has no
@@ -106,6 +113,8 @@ __all__ = [
     "mrr_at_k",
     "ndcg_at_k",
     "normalize_answer",
+    "outcome",
+    "paired_outcomes",
     "percentile",
     "rank_run",
     "read_beir_corpus",
@@ -113,6 +122,7 @@ __all__ = [
     "read_qrels",
     "read_squad",
     "recall_at_k",
+    "recall_curve",
     "retrieval_metrics",
     "token_f1",
 ]
@@ -264,6 +274,38 @@ def retrieval_metrics(
     n = len(per_query)
     means = {name: sum(v[name] for v in per_query.values()) / n for name in names}
     return means, per_query
+
+
+def recall_curve(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    ks: Sequence[int],
+    *,
+    missing: str = "zero",
+) -> list[float]:
+    """Mean recall@k for each k of ``ks``: the points of a recall-against-depth picture."""
+    ks = _unique_ks(ks, "ks")
+    means, _ = retrieval_metrics(run, qrels, ks_recall=ks, missing=missing)
+    return [means[f"recall@{k}"] for k in ks]
+
+
+def outcome(baseline: float, other: float) -> str:
+    """``"better"``, ``"worse"`` or ``"equal"``: ``other`` against ``baseline``, float noise a tie."""
+    difference = other - baseline
+    return "equal" if abs(difference) <= 1e-12 else "better" if difference > 0 else "worse"
+
+
+def paired_outcomes(
+    baseline: Mapping[str, Mapping[str, float]], other: Mapping[str, Mapping[str, float]], metric: str
+) -> dict[str, int]:
+    """On how many queries ``other`` beats, loses to or ties ``baseline`` on ``metric``.
+
+    Both are per-query tables as :func:`retrieval_metrics` returns them; only queries in both count.
+    A mean hides whether a change helps a few queries a lot or many a little; these counts do not."""
+    counts = {"better": 0, "worse": 0, "equal": 0}
+    for qid in baseline.keys() & other.keys():
+        counts[outcome(baseline[qid][metric], other[qid][metric])] += 1
+    return counts
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ same corpus embeds nothing. Metric definitions are in ``rag.evaluation``.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -22,7 +23,7 @@ from rag.config import dump_settings
 from rag.errors import ConfigError
 from rag.pipeline import Pipeline
 from rag.text import log
-from rag.types import Chunk, Document, Hit
+from rag.types import MODES, Chunk, Document, Hit
 
 
 def _eval_pipeline(pipeline: Pipeline, dataset: str | Path) -> Pipeline:
@@ -31,11 +32,11 @@ def _eval_pipeline(pipeline: Pipeline, dataset: str | Path) -> Pipeline:
     return pipeline.for_collection(f"eval-{digest}")
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, content: str | bytes) -> None:
     """Readers never see a half-written file: write beside it, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
+    partial.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
     os.replace(partial, path)
 
 
@@ -55,7 +56,10 @@ def _latency(seconds: list[float]) -> dict[str, float]:
 
 def evaluate_retrieval(pipeline: Pipeline, corpus: str | Path, queries: str | Path, qrels: str | Path, *,
                        mode: str | None = None, out: str | Path | None = None, depth: int = 100) -> dict[str, Any]:
-    """Ingest a BEIR corpus (document text = title + text), rank documents by their best chunk."""
+    """Ingest a BEIR corpus (document text = title + text), rank documents by their best chunk.
+
+    With ``out``, the report also sets every mode side by side (``modes``) and draws ``PICTURES``:
+    recall@k against k per mode, and hybrid's per-query nDCG@10 against dense's."""
     started = time.perf_counter()
     query_texts = evaluation.read_beir_queries(queries)
     judgements = evaluation.read_qrels(qrels)
@@ -77,17 +81,8 @@ def evaluate_retrieval(pipeline: Pipeline, corpus: str | Path, queries: str | Pa
     ingest = pipeline.ingest_documents(documents())
     log(f"corpus: {ingest.summary()}")
     mode = mode or pipeline.settings.retrieval.mode
-    run: dict[str, dict[str, float]] = {}
-    latencies: list[float] = []
-    chunk_depth = 2 * depth  # a document may have several chunks among the top ones
-    for query_id in judged:
-        hits, seconds = _timed_search(pipeline, query_texts[query_id], chunk_depth, mode)
-        latencies.append(seconds)
-        scores: dict[str, float] = {}
-        for hit in hits:
-            doc_id = str(hit.chunk.metadata.get("corpus_id"))
-            scores[doc_id] = max(scores.get(doc_id, float("-inf")), hit.score)
-        run[query_id] = dict(sorted(scores.items(), key=lambda item: -item[1])[:depth])
+    questions = {q: query_texts[q] for q in judged}
+    run, latencies = _document_run(pipeline, questions, mode, depth)
     means, per_query = evaluation.retrieval_metrics(run, judgements)
     result = {
         "task": "retrieval",
@@ -101,9 +96,104 @@ def evaluate_retrieval(pipeline: Pipeline, corpus: str | Path, queries: str | Pa
         "config": pipeline.settings.model_dump(mode="json", exclude={"store": {"token"}}),
     }
     if out:
+        # A report compares the modes too: searching again is cheap next to the ingest it reuses.
+        runs = {m: run if m == mode else _document_run(pipeline, questions, m, depth)[0] for m in MODES}
+        result.update(_compare_modes(Path(out), runs, judgements, depth))
+        result["seconds"] = time.perf_counter() - started
         rows = [{"query_id": q, **per_query.get(q, {}), "top": list(run[q])[:10]} for q in judged]
         _write_outputs(Path(out), pipeline, result, rows)
     return result
+
+
+def _compare_modes(out: Path, runs: dict[str, dict[str, dict[str, float]]], judgements: dict[str, dict[str, int]],
+                   depth: int) -> dict[str, Any]:
+    """Every mode's metrics, on how many queries hybrid beats dense, and the pictures of both."""
+    by_mode = {m: evaluation.retrieval_metrics(r, judgements) for m, r in runs.items()}
+    outcomes = evaluation.paired_outcomes(by_mode["dense"][1], by_mode["hybrid"][1], COMPARED)
+    curves = {m: evaluation.recall_curve(r, judgements, range(1, depth + 1)) for m, r in runs.items()}
+    pictures = _draw_pictures(out, curves, {m: per_query for m, (_, per_query) in by_mode.items()}, outcomes)
+    return {"modes": {m: means for m, (means, _) in by_mode.items()},
+            "hybrid_vs_dense": {"metric": COMPARED, **outcomes}, "pictures": pictures}
+
+
+def _document_run(pipeline: Pipeline, questions: dict[str, str], mode: str,
+                  depth: int) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """Each query's top ``depth`` documents, a document scored by its best chunk; and the latencies."""
+    run: dict[str, dict[str, float]] = {}
+    latencies: list[float] = []
+    chunk_depth = 2 * depth  # a document may have several chunks among the top ones
+    for query_id, text in questions.items():
+        hits, seconds = _timed_search(pipeline, text, chunk_depth, mode)
+        latencies.append(seconds)
+        scores: dict[str, float] = {}
+        for hit in hits:
+            doc_id = str(hit.chunk.metadata.get("corpus_id"))
+            scores[doc_id] = max(scores.get(doc_id, float("-inf")), hit.score)
+        run[query_id] = dict(sorted(scores.items(), key=lambda item: -item[1])[:depth])
+    return run, latencies
+
+
+COMPARED = "ndcg@10"  # the per-query metric on which hybrid is set against dense
+# Picture file -> size in pixels (width, height): a figure of (width / DPI, height / DPI) inches.
+PICTURES = {"recall_at_k.png": (800, 500), "hybrid_vs_dense.png": (1000, 450)}
+DPI = 100
+
+
+def _draw_pictures(out: Path, curves: dict[str, list[float]], per_query: dict[str, dict[str, dict[str, float]]],
+                   outcomes: dict[str, int]) -> list[str]:
+    """Recall@k against k for each mode, and hybrid's per-query score against dense's; the file names
+    written (none when matplotlib, an optional extra, is missing)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        log('report without pictures: matplotlib is not installed (pip install -e ".[map]" adds them)')
+        return []
+
+    def figure(name: str) -> Figure:
+        width, height = PICTURES[name]
+        fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+        FigureCanvasAgg(fig)  # drawn off screen, without pyplot's global state
+        return fig
+
+    def save(fig: Figure, name: str) -> None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI)
+        _write_atomic(out / name, buffer.getvalue())
+
+    fig = figure("recall_at_k.png")
+    ax = fig.subplots()
+    for mode, curve in curves.items():
+        ax.plot(range(1, len(curve) + 1), curve, label=f"{mode} (recall@{len(curve)} {curve[-1]:.3f})")
+    ax.set(xscale="log", xlabel="k (documents retrieved)", ylabel="mean recall@k", ylim=(0, 1.02),
+           title="Recall at depth k, by retrieval mode")
+    ax.xaxis.set_major_formatter("{x:g}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    save(fig, "recall_at_k.png")
+
+    dense, hybrid = per_query["dense"], per_query["hybrid"]
+    pairs = sorted((dense[q][COMPARED], hybrid[q][COMPARED]) for q in dense.keys() & hybrid.keys())
+    colours = {"better": "tab:green", "worse": "tab:red", "equal": "tab:gray"}
+    fig = figure("hybrid_vs_dense.png")
+    scatter, spread = fig.subplots(1, 2)
+    scatter.scatter([a for a, _ in pairs], [b for _, b in pairs], s=14, alpha=0.6,
+                    c=[colours[evaluation.outcome(a, b)] for a, b in pairs])
+    scatter.plot([0, 1], [0, 1], color="black", linewidth=0.8)
+    scatter.set(xlabel=f"dense {COMPARED}", ylabel=f"hybrid {COMPARED}", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
+                aspect="equal", title="one point per query")
+    pairs.sort(key=lambda pair: pair[1] - pair[0])
+    spread.bar(range(len(pairs)), [b - a for a, b in pairs], width=1.0,
+               color=[colours[evaluation.outcome(a, b)] for a, b in pairs])
+    spread.axhline(0, color="black", linewidth=0.8)
+    spread.set(xlabel="queries, sorted by the difference", ylabel=f"hybrid - dense {COMPARED}",
+               xlim=(-0.5, len(pairs) - 0.5), ylim=(-1.05, 1.05), title="per-query difference")
+    spread.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"Hybrid against dense: fusion helps {outcomes['better']} queries, hurts {outcomes['worse']}, "
+                 f"leaves {outcomes['equal']} equal")
+    save(fig, "hybrid_vs_dense.png")
+    return list(PICTURES)
 
 
 # -- rag eval qa -------------------------------------------------------------------------------------
@@ -236,7 +326,31 @@ def format_result(result: dict[str, Any], *, markdown: bool = False) -> str:
     else:
         width = max(len(n) for n, _ in rows)
         lines += [f"  {n:<{width}}  {v}" for n, v in rows]
+    if result.get("modes"):
+        lines += _format_modes(result, markdown)
     return "\n".join(lines) + "\n"
+
+
+def _format_modes(result: dict[str, Any], markdown: bool) -> list[str]:
+    """The same metrics for every mode side by side, how hybrid fares against dense, the pictures."""
+    modes = result["modes"]
+    names = list(next(iter(modes.values())))
+    outcomes = result["hybrid_vs_dense"]
+    verdict = (f"hybrid against dense on {COMPARED}: fusion helps {outcomes['better']} queries, "
+               f"hurts {outcomes['worse']}, leaves {outcomes['equal']} equal")
+    if not markdown:
+        width = max(len(n) for n in names)
+        return (["by mode:", f"  {'':<{width}}" + "".join(f"  {m:>8}" for m in modes)]
+                + [f"  {n:<{width}}" + "".join(f"  {modes[m][n]:>8.4f}" for m in modes) for n in names]
+                + [verdict])
+    lines = ["", "## By mode", "", "| metric | " + " | ".join(modes) + " |", "| --- |" + " --- |" * len(modes)]
+    lines += [f"| {n} | " + " | ".join(f"{modes[m][n]:.4f}" for m in modes) + " |" for n in names]
+    lines += ["", verdict[0].upper() + verdict[1:] + ".", ""]
+    if result.get("pictures"):
+        lines += [f"![{name.removesuffix('.png').replace('_', ' ')}]({name})" for name in result["pictures"]]
+    else:
+        lines += ['No pictures: matplotlib is not installed (`pip install -e ".[map]"` adds them).']
+    return lines
 
 
 # -- rag run -----------------------------------------------------------------------------------------

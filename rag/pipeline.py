@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rag.chunking import Chunker
 from rag.config import Settings, dotted_overrides, load_settings
 from rag.embedding import Embedder
@@ -23,10 +25,10 @@ from rag.generation import Generator
 from rag.indexing import IngestReport, Indexer
 from rag.loaders import iter_files, load_file, read_file
 from rag.prompting import PromptBuilder, citations
-from rag.retrieval import Retriever, Reranker
+from rag.retrieval import Retriever, Reranker, near_duplicates
 from rag.stores.bm25 import LexicalIndex
 from rag.stores.chroma import Store
-from rag.types import Answer, Document, Hit
+from rag.types import Answer, Chunk, Document, Hit
 
 class Pipeline:
     """One object configured by one Settings; stages are built lazily, once."""
@@ -72,7 +74,7 @@ class Pipeline:
 
     @property
     def embedder(self) -> Embedder:
-        return self._stage("embedder", lambda: Embedder(**self.settings.embedding.model_dump()))
+        return self._stage("embedder", lambda: Embedder(**self.settings.embedding.model_dump(exclude={"space"})))
 
     @property
     def chunker(self) -> Chunker:
@@ -81,13 +83,15 @@ class Pipeline:
 
     @property
     def store(self) -> Store:
-        return self._stage("store", lambda: Store(**self.settings.store.model_dump(exclude={"lock_timeout"})))
+        return self._stage("store", lambda: Store(**self.settings.store.model_dump(exclude={"lock_timeout"}),
+                                                  space=self.settings.embedding.space))
 
     def _record(self) -> dict[str, Any]:
         """What the collection records about how it was built."""
         chunking = self.settings.chunking
         return {
             **self.embedder.describe(),
+            "embedding_space": self.settings.embedding.space,
             "chunking_strategy": chunking.strategy,
             "chunking_chunk_size": self.chunker.limit,
             "chunking_chunk_overlap": chunking.chunk_overlap,
@@ -184,7 +188,8 @@ class Pipeline:
             r = self.settings.rerank
             reranker = Reranker(**r.model_dump(exclude={"top_n"})) if r.model else None
             return Retriever(store=store, embed_query=lambda text: self.embedder.embed_queries([text])[0],
-                             reranker=reranker, rerank_top_n=r.top_n, **s.model_dump())
+                             reranker=reranker, rerank_top_n=r.top_n, space=self.settings.embedding.space,
+                             **s.model_dump())
 
         retriever = self._stage("retriever", build)
         if lexical is not None:
@@ -255,6 +260,34 @@ class Pipeline:
                      usage=dict(completion.usage), dropped_hits=dropped, unknown_citations=unknown,
                      cited_by=cited_by, warnings=warnings)
 
+    def similar(self, *, chunk_id: str | None = None, text: str | None = None, k: int | None = None) -> list[Hit]:
+        """The chunks nearest a stored chunk (itself left out) or a text (embedded as a document is)."""
+        if (chunk_id is None) == (text is None):
+            raise RagError("similar: give a chunk id or a text (one of them)")
+        store = self._open_store(create=False)
+        if chunk_id is not None:
+            found = store.get([chunk_id], embeddings=True)
+            if not found:
+                raise StoreError(f"no chunk {chunk_id!r} in {store.location}; `rag search QUERY --json` shows chunk ids")
+            vector = found[0][1]
+        else:
+            if not text.strip():
+                raise RagError("similar: the text is empty")
+            vector = self.embedder.embed_documents([text])[0]
+        return self.retriever("dense").similar_to(vector, k, exclude=chunk_id)
+
+    def duplicates(self, threshold: float = 0.98) -> list[list[Chunk]]:
+        """Groups of chunks whose vectors are near copies (cosine >= ``threshold``) of one another,
+        in this file or across files: copied pages that would crowd the top-k with one text."""
+        if not -1.0 <= threshold <= 1.0:
+            raise RagError(f"--threshold {threshold}: a cosine similarity, between -1 and 1 (e.g. 0.98)")
+        store = self._open_store(create=False)
+        stored = store.get(sorted(store.ids()), embeddings=True)
+        if not stored:
+            return []
+        groups = near_duplicates(np.stack([vector for _, vector in stored]), threshold)
+        return [[stored[i][0] for i in group] for group in groups]
+
     # -- what the store holds -------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
@@ -277,5 +310,40 @@ class Pipeline:
             "chunks": store.count() if exists else 0,
             "embedding_model": record.get("embedding_model"),
             "embedding_dimension": record.get("embedding_dimension"),
+            "embedding_space": record.get("embedding_space", "cosine" if record else None),
             "chunking": {k.removeprefix("chunking_"): v for k, v in record.items() if k.startswith("chunking_")},
         }
+
+    def map(self, out: str | Path = "rag-map", *, color_by: str = "source", query: str | None = None,
+            method: str = "pca", limit: int = 5000, k: int | None = None) -> dict[str, Any]:
+        """The stored vectors drawn in two dimensions (rag.mapping): ``out/map.png`` and ``out/map.html``.
+
+        At most ``limit`` chunks, a seeded sample of the sorted ids (the same store gives the same
+        map); a ``query``'s top-k hits are always among them. The vectors are the store's own, so
+        nothing is embedded but the query. ``seconds`` is the whole call; ``timings`` splits it into
+        opening the store (which loads the embedding model to check the collection's record), reading
+        the sample (and the query's search) and drawing.
+        """
+        from rag import mapping  # a view over the store, loaded only when a map is asked for
+
+        clock = time.perf_counter()
+        mapping.check_options(color_by=color_by, method=method, limit=limit, k=k)
+        store = self._open_store(create=False)
+        opened = time.perf_counter()
+        ids = store.ids()
+        if not ids:
+            raise StoreError(f"store at {store.location} is empty; run `rag ingest PATH` first")
+        hits = self.search(query, k) if query is not None else []
+        sample = mapping.sample_ids(ids, limit, keep=[hit.chunk.id for hit in hits])
+        points = mapping.MapPoints.from_chunks(store.get(sample, embeddings=True))
+        read = time.perf_counter()
+        result = mapping.draw_map(
+            points, out, color_by=color_by, method=method, query=query,
+            query_vector=self.embedder.embed_queries([query])[0] if query is not None else None,
+            hit_ids=[hit.chunk.id for hit in hits], total=len(ids),
+            title=f"collection {self.settings.store.collection}",
+        )
+        done = time.perf_counter()
+        result["timings"] = {"open_s": opened - clock, "read_s": read - opened, "draw_s": done - read}
+        result["seconds"] = done - clock
+        return result

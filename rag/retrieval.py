@@ -1,15 +1,16 @@
 """Question -> ranked Hits: dense, lexical or hybrid, with filters, a score threshold, MMR and rerank.
 
 Scores, higher is better always:
-- ``dense``: cosine similarity between the query and chunk vectors (-1..1).
+- ``dense``: the similarity of the query and chunk vectors in the collection's ``embedding.space``:
+  the cosine similarity (-1..1), the inner product, or minus the Euclidean distance (l2).
 - ``lexical``: the BM25 score (0..inf, only comparable within one query).
 - ``hybrid``: with ``fusion: rrf``, the reciprocal-rank-fusion score ``sum 1 / (rrf_k + rank)`` over the
   retrievers that found the chunk; with ``fusion: weighted``, ``w * dense' + (1 - w) * lexical'`` where
   each retriever's scores are min-max normalized over the candidates.
 - with a reranker: the cross-encoder's relevance logit.
 Every hit also carries each retriever's own score and rank in ``Hit.scores`` / ``Hit.ranks``, and the
-dense cosine of every hit is always filled in, so ``score_threshold`` (a cosine similarity) means the
-same thing in every mode.
+dense score of every hit is always filled in, so ``score_threshold`` (read in the dense score's unit)
+means the same thing in every mode.
 """
 
 from __future__ import annotations
@@ -54,22 +55,68 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.where(norms > 0, norms, 1.0)
 
 
-def mmr(query: np.ndarray, vectors: np.ndarray, k: int, lambda_: float = 0.5) -> list[int]:
-    """Maximal marginal relevance over cosines: indices picked greedily for relevance minus redundancy."""
+def similarity(vectors: np.ndarray, query: np.ndarray, space: str = "cosine") -> np.ndarray:
+    """Each vector's dense score against ``query`` in ``space`` (rag.types.SPACES), as the store ranks."""
+    if space == "cosine":
+        return unit(vectors) @ unit(query)
+    if space == "ip":
+        return vectors @ query
+    return -np.linalg.norm(vectors - query, axis=-1)
+
+
+def pairwise(vectors: np.ndarray, space: str = "cosine") -> np.ndarray:
+    """The dense score of every pair of ``vectors`` in ``space``."""
+    if space == "cosine":
+        vectors = unit(vectors)
+        return vectors @ vectors.T
+    if space == "ip":
+        return vectors @ vectors.T
+    squares = (vectors * vectors).sum(axis=1)
+    return -np.sqrt(np.maximum(squares[:, None] + squares[None, :] - 2 * vectors @ vectors.T, 0.0))
+
+
+def mmr(query: np.ndarray, vectors: np.ndarray, k: int, lambda_: float = 0.5, space: str = "cosine") -> list[int]:
+    """Maximal marginal relevance in ``space``: indices picked greedily for relevance minus redundancy."""
     if len(vectors) == 0:
         return []
-    query, vectors = unit(query), unit(vectors)
-    relevance = vectors @ query
-    similarity = vectors @ vectors.T
+    relevance = similarity(vectors, query, space)
+    similarity_ = pairwise(vectors, space)
     chosen: list[int] = []
     left = list(range(len(vectors)))
     while left and len(chosen) < k:
-        redundancy = similarity[np.ix_(left, chosen)].max(axis=1) if chosen else np.zeros(len(left))
+        redundancy = similarity_[np.ix_(left, chosen)].max(axis=1) if chosen else np.zeros(len(left))
         values = lambda_ * relevance[left] - (1 - lambda_) * redundancy
         best = left[int(np.argmax(values))]
         chosen.append(best)
         left.remove(best)
     return chosen
+
+
+def near_duplicates(vectors: np.ndarray, threshold: float = 0.98) -> list[list[int]]:
+    """Groups (row indices, each group sorted, groups in order of their first row) of vectors whose
+    cosine to another member is at least ``threshold``, linked transitively. Compares every pair, a
+    block of rows at a time, so the scores in memory stay under 2**25 (128 MB)."""
+    vectors = unit(np.asarray(vectors, dtype=np.float32))
+    parent = list(range(len(vectors)))
+    block = max(64, min(4096, 2**25 // max(len(vectors), 1)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for begin in range(0, len(vectors), block):
+        scores = vectors[begin : begin + block] @ vectors[begin:].T
+        rows, columns = np.nonzero(scores >= threshold)
+        for row, column in zip(rows.tolist(), columns.tolist()):
+            i, j = begin + row, begin + column
+            if j > i:
+                parent[root(j)] = root(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(vectors)):
+        groups.setdefault(root(i), []).append(i)
+    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
 
 
 class Reranker:
@@ -139,6 +186,7 @@ class Retriever:
     mmr: bool = False
     mmr_lambda: float = 0.5
     rerank_top_n: int = 20
+    space: str = "cosine"  # the store's, so the dense score of a lexical-only hit means what the store's does
 
     def search(self, question: str, k: int | None = None, *, mode: str | None = None,
                where: dict | None = None) -> list[Hit]:
@@ -155,13 +203,13 @@ class Retriever:
         # Each retriever's own view: id -> (score, rank), and what we know of each chunk.
         chunks: dict[str, Chunk] = {}
         vectors: dict[str, np.ndarray] = {}
-        cosine: dict[str, float] = {}
+        dense: dict[str, float] = {}  # the dense score of every candidate seen
         per: dict[str, dict[str, tuple[float, int]]] = {}
         if mode in ("dense", "hybrid"):
             found = self.store.query(query, depth, where, embeddings=self.mmr)
             per["dense"] = {c.id: (score, rank) for rank, (c, score, _) in enumerate(found, start=1)}
             for chunk, score, vector in found:
-                chunks[chunk.id], cosine[chunk.id] = chunk, score
+                chunks[chunk.id], dense[chunk.id] = chunk, score
                 if vector is not None:
                     vectors[chunk.id] = vector
         if mode in ("lexical", "hybrid"):
@@ -180,20 +228,20 @@ class Retriever:
             ranked = sorted(((i, s) for i, (s, _) in per[mode].items()), key=lambda item: (-item[1], item[0]))
 
         def complete(ids: list[str], with_vectors: bool) -> None:
-            """Fetch what the lexical side did not give: the chunk, its vector, its cosine."""
+            """Fetch what the lexical side did not give: the chunk, its vector, its dense score."""
             wanted = [i for i in ids if i not in chunks or (with_vectors and i not in vectors)]
             for chunk, vector in self.store.get(wanted, embeddings=True):
                 chunks[chunk.id], vectors[chunk.id] = chunk, vector
-                cosine[chunk.id] = float(unit(vector) @ unit(query))
+                dense[chunk.id] = float(similarity(vector[None, :], query, self.space)[0])
 
         # The threshold and MMR look at every candidate; otherwise only the hits shown are completed.
         head = len(ranked) if (self.score_threshold is not None or self.mmr) else self._rerank_depth(k)
         complete([i for i, _ in ranked[:head]], with_vectors=self.mmr)
         ranked = [(i, s) for i, s in ranked[:head] if i in chunks]  # a stale lexical id is never shown
         if self.score_threshold is not None:
-            ranked = [(i, s) for i, s in ranked if cosine[i] >= self.score_threshold]
+            ranked = [(i, s) for i, s in ranked if dense[i] >= self.score_threshold]
         if self.mmr and ranked:
-            picked = mmr(query, np.stack([vectors[i] for i, _ in ranked]), len(ranked), self.mmr_lambda)
+            picked = mmr(query, np.stack([vectors[i] for i, _ in ranked]), len(ranked), self.mmr_lambda, self.space)
             ranked = [ranked[p] for p in picked]
         if self.reranker is not None and ranked:
             top = ranked[: self._rerank_depth(k)]
@@ -204,10 +252,18 @@ class Retriever:
         hits = []
         for rank, (chunk_id, score) in enumerate(ranked[:k], start=1):
             scores = {name: ids[chunk_id][0] for name, ids in per.items() if chunk_id in ids}
-            scores["dense"] = cosine[chunk_id]
+            scores["dense"] = dense[chunk_id]
             ranks = {name: ids[chunk_id][1] for name, ids in per.items() if chunk_id in ids}
             hits.append(Hit(chunk=chunks[chunk_id], score=float(score), rank=rank, scores=scores, ranks=ranks))
         return hits
+
+    def similar_to(self, vector: np.ndarray, k: int | None = None, *, exclude: str | None = None) -> list[Hit]:
+        """The chunks nearest ``vector`` by the dense score, leaving out the chunk ``exclude`` (the one
+        the vector came from), best first."""
+        k = k or self.k
+        found = [(c, s) for c, s, _ in self.store.query(vector, k + (exclude is not None)) if c.id != exclude]
+        return [Hit(chunk=chunk, score=score, rank=rank, scores={"dense": score}, ranks={"dense": rank})
+                for rank, (chunk, score) in enumerate(found[:k], start=1)]
 
     def _rerank_depth(self, k: int) -> int:
         return max(k, self.rerank_top_n) if self.reranker is not None else k

@@ -16,6 +16,10 @@ RetrievalMode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[str, ...] = get_args(RetrievalMode)
 ChunkingStrategy = Literal["recursive", "markdown", "token"]
 STRATEGIES: tuple[str, ...] = get_args(ChunkingStrategy)
+# How dense similarity is measured, and the one meaning of a dense score (higher is better) in each:
+# cosine: the cosine similarity (-1..1); ip: the inner product; l2: minus the Euclidean distance.
+SimilaritySpace = Literal["cosine", "ip", "l2"]
+SPACES: tuple[str, ...] = get_args(SimilaritySpace)
 
 
 @dataclass

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
+from rag import evaluation
 from rag.cli import main
 from tiny_models import build_tiny_causal_lm
 
@@ -64,6 +66,67 @@ def test_eval_retrieval(beir, tmp_path, minilm_path, capsys, mode):
     again = run_json(capsys, *argv)
     assert again["ingest"]["chunks_embedded"] == 0 and again["ingest"]["unchanged"] == len(CORPUS)
     assert again["metrics"] == metrics
+
+
+def _retrieval_argv(beir, tmp_path, minilm_path, *extra: str) -> list[str]:
+    return ["eval", "retrieval", "--corpus", str(beir["corpus"]), "--queries", str(beir["queries"]),
+            "--qrels", str(beir["qrels"]), "--store", str(tmp_path / "store"), "--json",
+            "--set", f"embedding.model={minilm_path}", *extra]
+
+
+def test_eval_retrieval_report_compares_modes_in_pictures(beir, tmp_path, minilm_path, capsys):
+    image = pytest.importorskip("matplotlib.image", reason="matplotlib (the map extra) is not installed")
+    out = tmp_path / "out"
+    result = run_json(capsys, *_retrieval_argv(beir, tmp_path, minilm_path, "--mode", "lexical", "--out", str(out)))
+    assert set(result["modes"]) == {"dense", "lexical", "hybrid"}
+    for metrics in result["modes"].values():
+        assert metrics.keys() == result["metrics"].keys()
+    assert result["modes"]["lexical"] == result["metrics"]
+    # Each per-mode entry is what a run in that mode alone reports (the same ingest, no second embedding).
+    for mode in ("dense", "hybrid"):
+        alone = run_json(capsys, *_retrieval_argv(beir, tmp_path, minilm_path, "--mode", mode))
+        assert "modes" not in alone and "pictures" not in alone  # without --out, one mode as before
+        assert alone["metrics"] == result["modes"][mode]
+    # Every mode finds each query's document first here, so fusion neither helps nor hurts.
+    assert result["hybrid_vs_dense"] == {"metric": "ndcg@10", "better": 0, "worse": 0, "equal": 3}
+
+    assert json.loads((out / "metrics.json").read_text())["modes"] == result["modes"]
+    assert result["pictures"] == ["recall_at_k.png", "hybrid_vs_dense.png"]
+    for name, (width, height) in {"recall_at_k.png": (800, 500), "hybrid_vs_dense.png": (1000, 450)}.items():
+        pixels = image.imread(out / name)
+        assert pixels.shape[:2] == (height, width)
+        colours = {tuple(p) for p in pixels.reshape(-1, pixels.shape[-1])[::7].round(2).tolist()}
+        assert len(colours) > 20, f"{name} looks blank"
+    report = (out / "report.md").read_text()
+    assert "](recall_at_k.png)" in report and "](hybrid_vs_dense.png)" in report
+    assert "| ndcg@10 | 1.0000 | 1.0000 | 1.0000 |" in report
+    assert "fusion helps 0 queries, hurts 0, leaves 3 equal" in report
+
+
+def test_recall_curve_and_paired_outcomes_behind_the_pictures():
+    qrels = {"q1": {"a": 1, "b": 1}, "q2": {"c": 2}}
+    run = {"q1": {"a": 0.9, "x": 0.8, "b": 0.7}, "q2": {"y": 0.5, "c": 0.4}}
+    assert evaluation.recall_curve(run, qrels, range(1, 5)) == [0.25, 0.75, 1.0, 1.0]
+    means, dense = evaluation.retrieval_metrics(run, qrels, ks_recall=(1, 2, 3))
+    assert evaluation.recall_curve(run, qrels, (1, 2, 3)) == [means[f"recall@{k}"] for k in (1, 2, 3)]
+    _, hybrid = evaluation.retrieval_metrics({"q1": {"a": 0.9, "b": 0.8}, "q2": {"y": 0.5, "c": 0.4}}, qrels)
+    assert evaluation.paired_outcomes(dense, hybrid, "ndcg@10") == {"better": 1, "worse": 0, "equal": 1}
+    assert evaluation.paired_outcomes(hybrid, dense, "ndcg@10") == {"better": 0, "worse": 1, "equal": 1}
+
+
+def test_eval_retrieval_report_without_matplotlib(beir, tmp_path, minilm_path, capsys, monkeypatch):
+    # As if the map extra were not installed, even where another test imported matplotlib already.
+    for name in ["matplotlib", *(n for n in list(sys.modules) if n.startswith("matplotlib."))]:
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "out"
+    assert main(_retrieval_argv(beir, tmp_path, minilm_path, "--out", str(out))) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["pictures"] == [] and set(result["modes"]) == {"dense", "lexical", "hybrid"}
+    assert 'pip install -e ".[map]"' in captured.err
+    assert not list(out.glob("*.png"))
+    report = (out / "report.md").read_text()
+    assert "## By mode" in report and 'pip install -e ".[map]"' in report and "![" not in report
 
 
 def test_eval_store_is_kept_apart_from_user_documents(beir, tmp_path, minilm_path, capsys):

@@ -28,21 +28,24 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 # Recorded settings that must match for the stored vectors to mean anything.
 MUST_MATCH = ("embedding_model", "embedding_dimension", "embedding_pooling", "embedding_normalized")
+# (embedding.space is checked against the collection's own hnsw configuration, which cannot change.)
 STATE_KEY = "rag_state"
 _INT64 = 2**63
 
 
 class Store:
-    """A Chroma collection of chunks with cosine distance; scores come back as cosine similarity."""
+    """A Chroma collection of chunks in one similarity space (see SPACES); every score it returns is
+    higher-is-better in that space's unit."""
 
     def __init__(self, path: str | Path = ".rag", *, url: str | None = None, collection: str = "rag",
-                 token: str | None = None):
+                 token: str | None = None, space: str = "cosine"):
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
         self.path = Path(path)
         self.url = url
         self.collection_name = collection
+        self.space = space
         settings = ChromaSettings(anonymized_telemetry=False)
         try:
             if url:
@@ -92,10 +95,17 @@ class Store:
         collection = self.client.get_or_create_collection(
             self.collection_name,
             metadata={**record, STATE_KEY: 0},
-            configuration={"hnsw": {"space": "cosine", "ef_search": 200, "ef_construction": 200}},
+            configuration={"hnsw": {"space": self.space, "ef_search": 200, "ef_construction": 200}},
             embedding_function=None,
         )
         stored = collection.metadata or {}
+        built_in = _space_of(collection)
+        if built_in != self.space:
+            raise StoreError(
+                f"store: collection {self.collection_name!r} at {self.location} was built with "
+                f"embedding.space={built_in!r}, not {self.space!r}; use that space, another store.collection, "
+                "or a new store.path"
+            )
         for key in MUST_MATCH:
             if key in stored and key in record and stored[key] != record[key]:
                 raise StoreError(
@@ -104,7 +114,8 @@ class Store:
                     "or a new store.path"
                 )
         self._collection = collection
-        if any(stored.get(k) != v for k, v in record.items()):
+        # Only a writer records how the collection is built: a reader's settings say nothing about it.
+        if create and any(stored.get(k) != v for k, v in record.items()):
             self._write_metadata({**stored, **record})
 
     @property
@@ -188,7 +199,8 @@ class Store:
 
     def query(self, vector: np.ndarray, k: int, where: dict | None = None,
               *, embeddings: bool = False) -> list[tuple[Chunk, float, np.ndarray | None]]:
-        """The k nearest chunks as (chunk, cosine similarity, vector?), best first."""
+        """The k nearest chunks as (chunk, score, vector?), best first; the score is the space's own
+        similarity (see SPACES), worked out from Chroma's distance."""
         if k < 1:
             return []
         include = ["documents", "metadatas", "distances"] + (["embeddings"] if embeddings else [])
@@ -202,7 +214,7 @@ class Store:
         return [
             (
                 _chunk(chunk_id, text, metadata),
-                1.0 - float(distance),
+                _similarity(float(distance), self.space),
                 np.asarray(vectors[i], dtype=np.float32) if vectors is not None else None,
             )
             for i, (chunk_id, text, metadata, distance) in enumerate(
@@ -270,6 +282,22 @@ class Store:
             yield
         finally:
             handle.close()
+
+
+def _space_of(collection: Any) -> str:
+    """The similarity space a collection was created with (Chroma's own configuration)."""
+    configuration = getattr(collection, "configuration", None) or {}
+    hnsw = configuration.get("hnsw") or {}
+    space = hnsw.get("space") if isinstance(hnsw, dict) else getattr(hnsw, "space", None)
+    return str(getattr(space, "value", space) or (collection.metadata or {}).get("hnsw:space") or "l2")
+
+
+def _similarity(distance: float, space: str) -> float:
+    """Chroma's distance as the space's higher-is-better score: cosine ``1 - cos`` and ip ``1 - dot``
+    give the similarity back; l2 is the squared distance, negated after its square root."""
+    if space == "l2":
+        return -math.sqrt(max(distance, 0.0))
+    return 1.0 - distance
 
 
 def _chunk(chunk_id: str, text: str, metadata: dict[str, Any] | None) -> Chunk:
