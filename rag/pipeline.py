@@ -188,8 +188,7 @@ class Pipeline:
             r = self.settings.rerank
             reranker = Reranker(**r.model_dump(exclude={"top_n"})) if r.model else None
             return Retriever(store=store, embed_query=lambda text: self.embedder.embed_queries([text])[0],
-                             reranker=reranker, rerank_top_n=r.top_n, space=self.settings.embedding.space,
-                             **s.model_dump())
+                             reranker=reranker, rerank_top_n=r.top_n, **s.model_dump())
 
         retriever = self._stage("retriever", build)
         if lexical is not None:

@@ -80,11 +80,11 @@ def mmr(query: np.ndarray, vectors: np.ndarray, k: int, lambda_: float = 0.5, sp
     if len(vectors) == 0:
         return []
     relevance = similarity(vectors, query, space)
-    similarity_ = pairwise(vectors, space)
+    between = pairwise(vectors, space)
     chosen: list[int] = []
     left = list(range(len(vectors)))
     while left and len(chosen) < k:
-        redundancy = similarity_[np.ix_(left, chosen)].max(axis=1) if chosen else np.zeros(len(left))
+        redundancy = between[np.ix_(left, chosen)].max(axis=1) if chosen else np.zeros(len(left))
         values = lambda_ * relevance[left] - (1 - lambda_) * redundancy
         best = left[int(np.argmax(values))]
         chosen.append(best)
@@ -186,7 +186,6 @@ class Retriever:
     mmr: bool = False
     mmr_lambda: float = 0.5
     rerank_top_n: int = 20
-    space: str = "cosine"  # the store's, so the dense score of a lexical-only hit means what the store's does
 
     def search(self, question: str, k: int | None = None, *, mode: str | None = None,
                where: dict | None = None) -> list[Hit]:
@@ -232,7 +231,8 @@ class Retriever:
             wanted = [i for i in ids if i not in chunks or (with_vectors and i not in vectors)]
             for chunk, vector in self.store.get(wanted, embeddings=True):
                 chunks[chunk.id], vectors[chunk.id] = chunk, vector
-                dense[chunk.id] = float(similarity(vector[None, :], query, self.space)[0])
+                # In the store's space, so a lexical-only hit's dense score means what the store's do.
+                dense[chunk.id] = float(similarity(vector[None, :], query, self.store.space)[0])
 
         # The threshold and MMR look at every candidate; otherwise only the hits shown are completed.
         head = len(ranked) if (self.score_threshold is not None or self.mmr) else self._rerank_depth(k)
@@ -241,7 +241,7 @@ class Retriever:
         if self.score_threshold is not None:
             ranked = [(i, s) for i, s in ranked if dense[i] >= self.score_threshold]
         if self.mmr and ranked:
-            picked = mmr(query, np.stack([vectors[i] for i, _ in ranked]), len(ranked), self.mmr_lambda, self.space)
+            picked = mmr(query, np.stack([vectors[i] for i, _ in ranked]), len(ranked), self.mmr_lambda, self.store.space)
             ranked = [ranked[p] for p in picked]
         if self.reranker is not None and ranked:
             top = ranked[: self._rerank_depth(k)]

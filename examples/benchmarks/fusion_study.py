@@ -18,17 +18,9 @@ import json
 import statistics
 
 from rag import evaluation
-from rag.harness import _eval_pipeline
 from rag.pipeline import Pipeline
 from rag.retrieval import rrf, weighted
-
-
-def documents_run(ranked: list[tuple[str, float]], corpus_id: dict[str, str], depth: int = 100) -> dict[str, float]:
-    scores: dict[str, float] = {}
-    for chunk_id, score in ranked:
-        doc = corpus_id[chunk_id]
-        scores[doc] = max(scores.get(doc, float("-inf")), score)
-    return dict(sorted(scores.items(), key=lambda item: -item[1])[:depth])
+from tune_hybrid import documents_run, fetch_candidates  # the sibling benchmark, beside this script
 
 
 def zscore(scores: dict[str, dict[str, float]], weights: dict[str, float]) -> list[tuple[str, float]]:
@@ -65,17 +57,8 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=100, help="candidates from each retriever (fetch_k)")
     args = parser.parse_args()
 
-    pipeline = _eval_pipeline(Pipeline.from_yaml(None, store={"path": args.store}), args.corpus)
-    queries = evaluation.read_beir_queries(args.queries)
-    qrels = evaluation.read_qrels(args.qrels)
-    judged = [q for q in queries if q in qrels]
-    retriever = pipeline.retriever("hybrid")
-    corpus_id = {i: str(m.get("corpus_id")) for i, m in pipeline.store.iter_metadata()}
-    candidates = {}
-    for query_id in judged:
-        vector = pipeline.embedder.embed_queries([queries[query_id]])[0]
-        dense = [(c.id, s) for c, s, _ in pipeline.store.query(vector, args.depth)]
-        candidates[query_id] = (dense, retriever.lexical.search(queries[query_id], args.depth))
+    pipeline = Pipeline.from_yaml(None, store={"path": args.store})
+    candidates, corpus_id, qrels = fetch_candidates(pipeline, args.corpus, args.queries, args.qrels, args.depth)
 
     def score(fuse) -> dict[str, float]:
         run = {q: documents_run(fuse(d, x), corpus_id) for q, (d, x) in candidates.items()}
@@ -111,7 +94,7 @@ def main() -> None:
         a, b = set(list(documents_run(d, corpus_id))[:10]), set(list(documents_run(x, corpus_id))[:10])
         overlaps.append(len(a & b) / max(1, len(a | b)))
     results["mean top-10 overlap (Jaccard)"] = round(statistics.fmean(overlaps), 3)
-    print(json.dumps({"corpus": args.corpus, "queries": len(judged), "depth": args.depth, "results": results},
+    print(json.dumps({"corpus": args.corpus, "queries": len(candidates), "depth": args.depth, "results": results},
                      indent=2))
 
 

@@ -27,6 +27,23 @@ def documents_run(ranked: list[tuple[str, float]], corpus_id: dict[str, str], de
     return dict(sorted(scores.items(), key=lambda item: -item[1])[:depth])
 
 
+def fetch_candidates(pipeline: Pipeline, corpus: str, queries_file: str, qrels_file: str, depth: int):
+    """Each judged query's (dense, lexical) candidates, best first, from the collection `rag eval
+    retrieval` built for ``corpus``; the chunk -> document map; the qrels."""
+    pipeline = _eval_pipeline(pipeline, corpus)
+    queries = evaluation.read_beir_queries(queries_file)
+    qrels = evaluation.read_qrels(qrels_file)
+    lexical = pipeline.retriever("hybrid").lexical
+    corpus_id = {i: str(m.get("corpus_id")) for i, m in pipeline.store.iter_metadata()}
+    candidates = {}
+    for query_id in (q for q in queries if q in qrels):
+        text = queries[query_id]
+        vector = pipeline.embedder.embed_queries([text])[0]
+        dense = [(c.id, s) for c, s, _ in pipeline.store.query(vector, depth)]
+        candidates[query_id] = (dense, lexical.search(text, depth))
+    return candidates, corpus_id, qrels
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("corpus")
@@ -38,20 +55,7 @@ def main() -> None:
     args = parser.parse_args()
 
     pipeline = Pipeline.from_yaml(None, sets=args.sets, store={"path": args.store})
-    pipeline = _eval_pipeline(pipeline, args.corpus)  # the collection `rag eval retrieval` built for this corpus
-    queries = evaluation.read_beir_queries(args.queries)
-    qrels = evaluation.read_qrels(args.qrels)
-    judged = [q for q in queries if q in qrels]
-    retriever = pipeline.retriever("hybrid")
-    corpus_id = {i: str(m.get("corpus_id")) for i, m in pipeline.store.iter_metadata()}
-
-    candidates = {}
-    for query_id in judged:
-        text = queries[query_id]
-        vector = pipeline.embedder.embed_queries([text])[0]
-        dense = [(c.id, s) for c, s, _ in pipeline.store.query(vector, args.depth)]
-        lexical = retriever.lexical.search(text, args.depth)
-        candidates[query_id] = (dense, lexical)
+    candidates, corpus_id, qrels = fetch_candidates(pipeline, args.corpus, args.queries, args.qrels, args.depth)
 
     results = []
     for depth in (50, 100, 200):

@@ -159,8 +159,9 @@ class Store:
         """Chroma's answers for every chunk (matching ``where``), a page at a time so memory stays bounded."""
         page = page or self._page_size()
         offset = 0
+        where = chroma_where(where)
         while True:
-            got = self.collection.get(where=chroma_where(where), limit=page, offset=offset, include=include)
+            got = self.collection.get(where=where, limit=page, offset=offset, include=include)
             yield got
             if len(got["ids"]) < page:
                 return
