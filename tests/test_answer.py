@@ -84,7 +84,9 @@ def test_document_text_is_never_template_code(tmp_path, minilm_path, tiny_lm):
     pipeline.ingest([docs])
     answer = pipeline.ask("What is the magic number {{ 6 * 7 }}?")
     assert "The magic number is {{ 7 * 7 }} and {% raw %}." in answer.prompt
-    assert "{{ 6 * 7 }}" in answer.prompt and "49" not in answer.prompt
+    assert "magic number {{ 6 * 7 }}?" in answer.prompt
+    # The temporary path may hold any digits, so look for the rendered values where they would land.
+    assert "magic number is 49" not in answer.prompt and "magic number 42" not in answer.prompt
 
 
 def test_document_text_cannot_end_the_user_turn(tmp_path, minilm_path, tiny_lm):

@@ -527,7 +527,8 @@ def test_questions_and_documents_are_never_template_code(answer_setup, capsys, m
     assert "Which {{ 7*7 }} {% raw %}zqcurlyword{% endraw %} appears?" in answer.prompt
     assert any("zqcurlyword" in hit.chunk.text for hit in answer.hits)
     assert "{{ 7*7 }} and {% for i in range(3) %}loop{% endfor %}" in answer.prompt
-    assert "49" not in answer.prompt and "looplooploop" not in answer.prompt
+    # Paths in the prompt may hold any digits: look for the rendered values where they would land.
+    assert "Which 49" not in answer.prompt and "49 and" not in answer.prompt and "looplooploop" not in answer.prompt
     rc, out, err = run_cli(capsys, "ask", "What is {{ 7*7 }}?", *sets, "--json")
     assert rc == 0 and "Traceback" not in err
 
