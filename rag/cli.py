@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--sync", action="store_true", help="also remove what was ingested from under PATH and is gone now")
     ingest.add_argument("--allow-failures", action="store_true", help="exit 0 even when some files failed")
     ingest.add_argument("--no-wait", action="store_true", help="fail at once if another ingest holds the store")
+    ingest.add_argument("--engine", choices=["local", "ray"],
+                        help='where the work runs (ingest.engine): here, or on Ray (needs store.url and pip install -e ".[ray]")')
+    ingest.add_argument("--ray-address", metavar="ADDRESS",
+                        help="with --engine ray: auto (a cluster started with `ray start`) or ray://HOST:PORT "
+                             "(default: a Ray started on this machine)")
     _common(ingest)
 
     search = commands.add_parser("search", help="print the chunks that best match a query")
@@ -85,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", metavar="DIR")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--json", action="store_true")
+
+    serve = commands.add_parser("serve", help="serve the pipeline over HTTP: OpenAI-compatible API and a chat page")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1; another needs an API key)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' (or set RAG_API_KEY)")
+    serve.add_argument("--root", metavar="DIR", help="POST /ingest may name server-side paths under DIR "
+                       "(default: uploads only)")
+    _common(serve, json_flag=False)
 
     evaluate = commands.add_parser("eval", help="measure retrieval (BEIR) or question answering (SQuAD)")
     kinds = evaluate.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -135,6 +148,10 @@ def _where(metadata: dict[str, Any]) -> str:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     pipeline = _pipeline(args)
+    if args.engine:
+        pipeline.settings.ingest.engine = args.engine
+    if args.ray_address:
+        pipeline.settings.ingest.ray.address = args.ray_address
     report = pipeline.ingest(args.paths, sync=args.sync, wait=not args.no_wait)
     if args.json:
         _emit_json(report.as_dict())
@@ -278,8 +295,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rag.server import serve
+
+    sets = list(args.sets)
+    if args.root and not Path(args.root).is_dir():
+        raise RagError(f"--root {args.root}: no such folder")
+    if args.root:
+        sets.append(f"server.root={json.dumps(str(Path(args.root).resolve()))}")
+    args.sets = sets
+    serve(_pipeline(args), host=args.host, port=args.port, api_key=args.api_key or os.environ.get("RAG_API_KEY"))
+    return 0
+
+
 COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "info": cmd_info, "ask": cmd_ask, "run": cmd_run,
-            "eval": cmd_eval, "similar": cmd_similar, "map": cmd_map}
+            "eval": cmd_eval, "similar": cmd_similar, "map": cmd_map,
+            "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,11 +67,25 @@ class EmbeddingSettings(Section):
     space: SimilaritySpace = "cosine"
 
 
-class IngestSettings(Section):
-    """How an ingest runs, whatever the stages are: batching and overlap."""
+class RaySettings(Section):
+    """The Ray engine (``ingest.engine: ray``, rag.engines.ray)."""
 
+    # None: a Ray started on this machine for the ingest; "auto": the running cluster; ray://HOST:PORT
+    address: str | None = None
+    workers: int = Field(default=2, ge=1)  # embedding actors, each with its own copy of the model
+    batch_size: int = Field(default=256, ge=1)  # chunks an actor embeds and writes to the server at once
+    num_gpus: float = Field(default=0, ge=0)  # GPUs per embedding actor (0: it runs on CPUs)
+    num_cpus: float = Field(default=1, gt=0)  # CPUs per embedding actor (its torch threads)
+    loaders: int = Field(default=2, ge=1)  # load-and-chunk tasks at once (they reserve no CPU)
+
+
+class IngestSettings(Section):
+    """How an ingest runs, whatever the stages are: the engine, batching and overlap."""
+
+    engine: Literal["local", "ray"] = "local"  # ray needs store.url (a Chroma server) and the [ray] extra
     write_batch: int = Field(default=1024, ge=1)  # chunks embedded and written to the store together
     prepare_ahead: bool | Literal["auto"] = "auto"  # load and chunk in a thread ahead of embedding
+    ray: RaySettings = RaySettings()
 
 
 # Keys that moved, old -> new: still read, with a one-line note.
@@ -133,6 +147,22 @@ class GenerationSettings(Section):
     trust_remote_code: bool = False
 
 
+class ServerSettings(Section):
+    """`rag serve`: where it listens, who may call it, and how much one request may ask."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    # Every endpoint but /health then needs "Authorization: Bearer KEY" (or the RAG_API_KEY variable).
+    api_key: str | None = None
+    model_id: str = "rag"  # the pipeline's name in /v1/models and chat requests
+    generations: int = Field(default=1, ge=1)  # answers generated at once; the rest wait their turn
+    max_request_bytes: int = Field(default=1_048_576, ge=1024)  # a JSON request body
+    max_upload_bytes: int = Field(default=64 * 1_048_576, ge=1024)  # one POST /ingest upload, all files
+    # Server-side paths POST /ingest may name lie under this folder; none: uploads only.
+    root: str | None = None
+    ingest_wait: float = Field(default=10.0, ge=0)  # seconds POST /ingest waits before answering 202
+
+
 class RunSettings(Section):
     inputs: list[str] = []
     questions: str | None = None
@@ -150,11 +180,12 @@ class Settings(Section):
     rerank: RerankSettings = RerankSettings()
     prompt: PromptSettings = PromptSettings()
     generation: GenerationSettings = GenerationSettings()
+    server: ServerSettings = ServerSettings()
     run: RunSettings = RunSettings()
 
 
 # Keys whose relative values are file-system paths, resolved against the config file's folder.
-PATH_KEYS = ("store.path", "run.questions", "run.output")
+PATH_KEYS = ("store.path", "run.questions", "run.output", "server.root")
 # Keys that may be a path or a name (a model id, a built-in template): resolved only where it exists.
 MAYBE_PATH_KEYS = ("embedding.model", "generation.model", "rerank.model", "prompt.template")
 

@@ -46,6 +46,8 @@ FALLBACK_CONTEXT = 2048
 # completions from a 135M model were the answer followed by restatement and drift (XQuAD F1 0.085 at
 # 256 tokens, 0.103 at 48 ending at the first line break; 120 questions), and cost a second per answer.
 SMALL_GENERATOR = 1_000_000_000
+# What one request may change (Generator.with_options); the rest is the model's and the server's.
+REQUEST_OPTIONS = ("max_new_tokens", "temperature", "top_p", "stop", "seed")
 SHORT_ANSWER = {"max_new_tokens": 48, "stop": ("\n",)}
 LONG_ANSWER = {"max_new_tokens": 256, "stop": ()}
 PLAIN_ANSWER_CUE = "Answer:"
@@ -189,6 +191,20 @@ class Generator:
         self._tokenizer: Any = None
         self._special_pattern: re.Pattern | None = None
         self._lock = threading.Lock()
+
+    def with_options(self, **options: Any) -> Generator:
+        """This generator with other answer settings for one request (``max_new_tokens``,
+        ``temperature``, ``top_p``, ``stop``, ``seed``), sharing the loaded model and tokenizer, so a
+        server's requests can each ask for their own without touching the shared one."""
+        unknown = set(options) - set(REQUEST_OPTIONS)
+        if unknown:
+            raise GenerationError(f"unknown generation options {sorted(unknown)}; use {', '.join(REQUEST_OPTIONS)}")
+        self.load()
+        other = copy.copy(self)
+        for name, value in options.items():
+            if value is not None:
+                setattr(other, name, value)
+        return other
 
     # ----------------------------------------------------------------- loading
 

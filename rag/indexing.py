@@ -8,8 +8,10 @@ chunks written first and its stale chunks deleted after, so a crash at any point
 old chunks or a state the next ingest repairs: chunks already written are found by id and not
 embedded again.
 
-The ``Indexer`` is handed every stage it drives (a loader, a chunker, an embedder, the store and the
-lexical index) as plain callables and objects, so it imports none of them.
+The ``Indexer`` plans and finishes an ingest; an engine does the work between: it loads and chunks
+the files the plan says need it, embeds the chunks not stored yet and writes them. ``LocalEngine``
+(below) does it in this process; ``rag.engines.ray.RayEngine`` on a Ray cluster. Both are handed
+the stages (``IngestStages``) as plain callables and objects, so this module imports none of them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -62,20 +64,90 @@ class IngestReport:
         return data
 
 
+WRITTEN = ("added", "updated")  # statuses of a file whose chunks an engine writes
+
+
 @dataclass
-class _FileWork:
-    """One file on its way through ingestion."""
+class FileWork:
+    """One file (or in-memory document) on its way through ingestion.
+
+    Planned as unchanged, failed, or added/updated with ``item`` (and a file's ``data``) to chunk;
+    an engine fills ``chunks`` and ``embedded``. ``stored`` is what the store held for this source
+    when it was planned: chunks found there by id are not embedded again.
+    """
 
     source: str
     signature: str = ""
     status: str = "unchanged"  # unchanged | added | updated | failed
     chunks: list[Chunk] = field(default_factory=list)
     reason: str = ""
+    item: Path | Document | None = None
+    data: bytes | None = None
+    stored: dict[str, tuple[str, int]] = field(default_factory=dict)
+    embedded: int = 0
+
+
+@dataclass
+class IngestStages:
+    """What an engine drives, built from the settings (a Ray worker builds its own copy)."""
+
+    read: Callable[[Path], bytes]  # the checks that need no reading, then the bytes; LoadError
+    load: Callable[[Path, bytes], list[Document]]
+    split: Callable[[Document], list[Chunk]]
+    embed: Callable[[list[str]], np.ndarray]
+    salt: str  # names the settings that change what chunks a file yields
+    open_store: Callable[[], VectorStore]  # the store, opened for writing
+
+
+class Engine(Protocol):
+    """Where the work of an ingest runs."""
+
+    def run(self, plan: Iterator[FileWork]) -> Iterator[list[FileWork]]:
+        """Every planned file back, in batches: unchanged and failed ones as they came, the others
+        chunked (or failed now), their new chunks embedded and upserted and their kept chunks'
+        metadata updated. Stale chunks are the Indexer's to delete, after a batch comes back."""
+        ...
 
 
 def _unchanged(stored: dict[str, tuple[str, int]], signature: str) -> bool:
     """All of a source's chunks carry this signature, and none is missing."""
     return bool(stored) and all(sig == signature and count == len(stored) for sig, count in stored.values())
+
+
+def signature_of(salt: str, data: bytes) -> str:
+    """A file's signature: its bytes and the settings that shape its chunks."""
+    return hashlib.sha256(salt.encode() + data).hexdigest()[:32]
+
+
+def chunk_work(work: FileWork, load: Callable[[Path, bytes], list[Document]],
+               split: Callable[[Document], list[Chunk]]) -> FileWork:
+    """Load and split a planned file; every chunk records its file's signature and chunk count. A
+    file that cannot be loaded, or yields no text, comes back failed."""
+    try:
+        documents = [work.item] if isinstance(work.item, Document) else load(work.item, work.data)
+        chunks = [chunk for document in documents for chunk in split(document)]
+    except LoadError as exc:
+        chunks, work.reason = [], exc.reason
+    except RecursionError:
+        chunks, work.reason = [], "structure nested too deeply to read"
+    work.data = None
+    if not chunks:
+        work.status, work.reason = "failed", work.reason or "no text to index"
+        return work
+    for chunk in chunks:
+        chunk.metadata.update(document_id=chunk.document_id, file_signature=work.signature, file_chunks=len(chunks))
+    work.chunks = chunks
+    return work
+
+
+def write_chunks(store: VectorStore, embed: Callable[[list[str]], np.ndarray], new: list[Chunk],
+                 kept: list[Chunk]) -> None:
+    """New chunks embedded together and upserted; chunks already stored by id (a changed file's
+    unchanged parts) only get their new metadata. Both are idempotent, so a retried batch is harmless."""
+    if new:
+        store.upsert(new, embed([c.text for c in new]))
+    if kept:
+        store.update_metadata([c.id for c in kept], [c.metadata for c in kept])
 
 
 def _ahead(make: Callable[[], Iterator[Any]], depth: int = 16) -> Iterator[Any]:
@@ -112,23 +184,56 @@ def _ahead(make: Callable[[], Iterator[Any]], depth: int = 16) -> Iterator[Any]:
 
 
 @dataclass
+class LocalEngine:
+    """The engine in this process: a batch of files' new chunks is embedded and written together.
+    ``prepare_ahead`` loads and chunks in a thread ahead of embedding (worth it only when the
+    encoder leaves the CPU idle)."""
+
+    stages: IngestStages
+    write_batch: int = 1024  # chunks embedded and written together
+    prepare_ahead: bool = False
+
+    def run(self, plan: Iterator[FileWork]) -> Iterator[list[FileWork]]:
+        load, split = self.stages.load, self.stages.split
+        prepared = lambda: (chunk_work(w, load, split) if w.status in WRITTEN else w for w in plan)  # noqa: E731
+        batch: list[FileWork] = []
+        batch_chunks = 0
+        for work in _ahead(prepared) if self.prepare_ahead else prepared():
+            if work.status not in WRITTEN:
+                yield [work]
+                continue
+            batch.append(work)
+            batch_chunks += len(work.chunks)
+            if batch_chunks >= self.write_batch:
+                yield self._write(batch)
+                batch, batch_chunks = [], 0
+        if batch:
+            yield self._write(batch)
+
+    def _write(self, batch: list[FileWork]) -> list[FileWork]:
+        new, kept = [], []
+        for work in batch:
+            fresh = [c for c in work.chunks if c.id not in work.stored]
+            work.embedded = len(fresh)
+            new += fresh
+            kept += [c for c in work.chunks if c.id in work.stored]
+        write_chunks(self.stages.open_store(), self.stages.embed, new, kept)
+        return batch
+
+
+@dataclass
 class Indexer:
-    """Plans (new, changed, unchanged, gone), batches, embeds and writes one ingest.
+    """Plans (new, changed, unchanged, gone) and finishes one ingest; ``engine`` does the work between.
 
     ``salt`` names the settings that change what chunks a file yields: a change re-ingests the
-    file. ``prepare_ahead`` loads and chunks in a thread ahead of embedding (worth it only when the
-    encoder leaves the CPU idle). The lexical index is brought up to date in step with the writes.
+    file. The lexical index is brought up to date in step with the writes.
     """
 
     store: VectorStore
     lexical: LexicalStore
     read: Callable[[Path], bytes]  # the checks that need no reading, then the bytes; LoadError
-    load: Callable[[Path, bytes], list[Document]]
-    split: Callable[[Document], list[Chunk]]
-    embed: Callable[[list[str]], np.ndarray]
     salt: str
-    write_batch: int = 1024
-    prepare_ahead: bool = False
+    engine: Engine
     progress: bool = False
     lock_timeout: float = 600.0
     _lexical_in_step: bool = field(default=False, init=False)
@@ -154,28 +259,45 @@ class Indexer:
             store.bump_state()  # from here on the lexical index is stale until brought up to date
             seen: set[str] = set()
             progress = self._progress_bar()
-            batch: list[_FileWork] = []
-            batch_chunks = 0
-            prepared = lambda: (self._prepare(item, known) for item in items())  # noqa: E731
-            for work in _ahead(prepared) if self.prepare_ahead else prepared():
-                seen.add(work.source)
-                progress.update(1)
-                if work.status == "failed":
-                    report.failed += 1
-                    report.failures.append((work.source, work.reason))
-                    log(f"failed: {printable(work.source)}: {work.reason}")
-                elif work.status == "unchanged":
-                    report.unchanged += 1
-                else:
-                    batch.append(work)
-                    batch_chunks += len(work.chunks)
-                    if batch_chunks >= self.write_batch:
-                        self._write(batch, known, report)
-                        batch, batch_chunks = [], 0
-            self._write(batch, known, report)
+            for batch in self.engine.run(self._plan(item, known) for item in items()):
+                for work in batch:
+                    seen.add(work.source)
+                    progress.update(1)
+                    if work.status == "failed":
+                        report.failed += 1
+                        report.failures.append((work.source, work.reason))
+                        log(f"failed: {printable(work.source)}: {work.reason}")
+                    elif work.status == "unchanged":
+                        report.unchanged += 1
+                self._write([w for w in batch if w.status in WRITTEN], known, report)
             progress.close()
             if sync_roots is not None:
                 self._remove_gone(sync_roots, known, seen, report)
+            self._flush_lexical(final=True)
+            report.chunks_total = store.count()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def remove(self, sources: Iterable[str], *, wait: bool = True) -> IngestReport:
+        """Delete every chunk of these sources (each as stored: a file's resolved path, a
+        document's ``source``) from the store and the lexical index, as an ingest would: under the
+        write lock, the lexical index brought in step at the end. A source not stored is skipped."""
+        started = time.perf_counter()
+        store = self.store
+        report = IngestReport()
+        with store.write_lock(wait=wait, timeout=self.lock_timeout):
+            self._lexical_in_step = self.lexical.load() and self.lexical.state == store.state
+            self._lexical_pending = {}
+            store.bump_state()
+            for source in dict.fromkeys(sources):
+                ids = store.ids(where={"source": source})
+                if not ids:
+                    continue
+                store.delete(ids)
+                if self._lexical_in_step:
+                    self._lexical_pending.update(dict.fromkeys(ids))
+                report.removed += 1
+                report.chunks_deleted += len(ids)
             self._flush_lexical(final=True)
             report.chunks_total = store.count()
         report.seconds = time.perf_counter() - started
@@ -188,65 +310,42 @@ class Indexer:
 
     # -- planning: what each item needs -------------------------------------------------------------
 
-    def _prepare(self, item: Path | LoadError | Document, known: Known) -> _FileWork:
-        if isinstance(item, Document):
-            return self._prepare_document(item, known)
-        return self._prepare_file(item, known)
-
-    def _prepare_file(self, item: Path | LoadError, known: Known) -> _FileWork:
-        """Read and hash the file; load and chunk its bytes only when the store does not hold it as
-        it is now. The file is read once."""
+    def _plan(self, item: Path | LoadError | Document, known: Known) -> FileWork:
+        """Read and hash a file (read once; its bytes go on to the engine) or an in-memory document;
+        it needs chunking only when the store does not hold it as it is now."""
         if isinstance(item, LoadError):
-            return _FileWork(item.path, status="failed", reason=item.reason)
-        source = str(item.resolve())
-        try:
-            data = self.read(item)
-            signature = hashlib.sha256(self.salt.encode() + data).hexdigest()[:32]
-            stored = known.get(source, {})
-            if _unchanged(stored, signature):
-                return _FileWork(source, signature)
-            return self._chunked(source, signature, self.load(item, data), stored)
-        except LoadError as exc:
-            return _FileWork(source, status="failed", reason=exc.reason)
-        except RecursionError:
-            return _FileWork(source, status="failed", reason="structure nested too deeply to read")
-
-    def _prepare_document(self, document: Document, known: Known) -> _FileWork:
-        source = str(document.metadata.get("source") or document.id)
-        document.metadata.setdefault("source", source)
-        signature = hashlib.sha256(f"{self.salt}\0{document.text}".encode()).hexdigest()[:32]
+            return FileWork(item.path, status="failed", reason=item.reason)
+        if isinstance(item, Document):
+            source = str(item.metadata.get("source") or item.id)
+            item.metadata.setdefault("source", source)
+            signature = hashlib.sha256(f"{self.salt}\0{item.text}".encode()).hexdigest()[:32]
+            data = None
+        else:
+            source = str(item.resolve())
+            try:
+                data = self.read(item)
+            except LoadError as exc:
+                return FileWork(source, status="failed", reason=exc.reason)
+            signature = signature_of(self.salt, data)
         stored = known.get(source, {})
         if _unchanged(stored, signature):
-            return _FileWork(source, signature)
-        return self._chunked(source, signature, [document], stored)
+            return FileWork(source, signature)
+        return FileWork(source, signature, "updated" if stored else "added", item=item, data=data, stored=stored)
 
-    def _chunked(self, source: str, signature: str, documents: list[Document], stored: dict) -> _FileWork:
-        chunks = [chunk for document in documents for chunk in self.split(document)]
-        if not chunks:
-            return _FileWork(source, status="failed", reason="no text to index")
-        for chunk in chunks:
-            chunk.metadata.update(document_id=chunk.document_id, file_signature=signature, file_chunks=len(chunks))
-        return _FileWork(source, signature, "updated" if stored else "added", chunks)
+    # -- finishing: what the engine wrote -----------------------------------------------------------
 
-    # -- writing ------------------------------------------------------------------------------------
-
-    def _write(self, batch: list[_FileWork], known: Known, report: IngestReport) -> None:
-        """Embed the chunks not stored yet, write them, then retire each file's stale chunks."""
+    def _write(self, batch: list[FileWork], known: Known, report: IngestReport) -> None:
+        """A batch whose new chunks the engine has written: retire each file's stale chunks, bring the
+        lexical index along and count."""
         if not batch:
             return
         store = self.store
-        new = [c for w in batch for c in w.chunks if c.id not in known.get(w.source, {})]
-        if new:
-            store.upsert(new, self.embed([c.text for c in new]))
-            report.chunks_embedded += len(new)
         for work in batch:
             stored = known.get(work.source, {})
-            kept = [c for c in work.chunks if c.id in stored]
-            if kept:
-                store.update_metadata([c.id for c in kept], [c.metadata for c in kept])
             current = {c.id for c in work.chunks}
             stale = [i for i in stored if i not in current]
             store.delete(stale)
+            report.chunks_embedded += work.embedded
             report.chunks_deleted += len(stale)
             if self._lexical_in_step:  # an index out of step is rebuilt at the end instead
                 self._lexical_pending.update({c.id: c.text for c in work.chunks})

@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from rag.embedding import Embedder
 from rag.errors import RagError, StoreError
 from rag.evidence import best_sentences
 from rag.generation import Generator
-from rag.indexing import IngestReport, Indexer
+from rag.indexing import IngestReport, IngestStages, Indexer, LocalEngine
 from rag.loaders import iter_files, load_file, read_file
 from rag.prompting import PromptBuilder, citations
 from rag.retrieval import Retriever, Reranker, near_duplicates
@@ -140,31 +141,55 @@ class Pipeline:
 
     # -- ingestion ------------------------------------------------------------------------------
 
-    def ingest(self, paths: Iterable[str | Path], *, sync: bool = False, wait: bool = True) -> IngestReport:
+    def ingest(self, paths: Iterable[str | Path], *, sync: bool = False, wait: bool = True,
+               on_file: Callable[[str], None] | None = None) -> IngestReport:
         """Load, chunk, embed and store every supported file under ``paths`` (see rag.indexing).
-        With ``sync``, files ingested before from under ``paths`` that are gone now are removed."""
+        With ``sync``, files ingested before from under ``paths`` that are gone now are removed.
+        ``on_file`` is told each file's path as the ingest reaches it (a server's progress)."""
         paths = [Path(p) for p in paths]
         loading = self.settings.loading
-        items = lambda: iter_files(paths, loading.include, loading.exclude)  # noqa: E731
+
+        def items() -> Iterator[Any]:
+            for item in iter_files(paths, loading.include, loading.exclude):
+                yield item
+                if on_file is not None:
+                    on_file(str(getattr(item, "path", item)))
         return self._indexer().run(items, sync_roots=paths if sync else None, wait=wait)
 
     def ingest_documents(self, documents: Iterable[Document], *, wait: bool = True) -> IngestReport:
         """Ingest documents made in memory (e.g. an evaluation corpus); ``metadata["source"]`` is each
         one's identity, as a file's path is for files."""
-        return self._indexer().run(lambda: iter(documents), wait=wait)
+        return self._indexer("local").run(lambda: iter(documents), wait=wait)  # they live in this process
 
-    def _indexer(self) -> Indexer:
+    def remove(self, sources: Iterable[str | Path], *, wait: bool = True) -> IngestReport:
+        """Delete these documents (a file's path, or a document's ``source``) from the store and the
+        lexical index; ``removed`` counts the sources that were there."""
+        stored = [str(Path(s).resolve()) if Path(s).exists() else str(s) for s in sources]
+        return self._indexer("local").remove(stored, wait=wait)  # nothing to spread: no engine needed
+
+    def _indexer(self, engine: str | None = None) -> Indexer:
+        s = self.settings
+        engine = engine or s.ingest.engine
+        if engine == "ray":  # checked before anything is loaded: the one line says what to set
+            from rag.engines.ray import RayEngine
+
+            runner = RayEngine(partial(ingest_stages, s), url=s.store.url, **s.ingest.ray.model_dump())
+        stages = self._ingest_stages()
+        if engine != "ray":
+            runner = LocalEngine(stages, write_batch=s.ingest.write_batch, prepare_ahead=self._prepare_ahead())
+        return Indexer(store=stages.open_store(), lexical=self.lexical, read=stages.read, salt=stages.salt,
+                       engine=runner, progress=self.progress, lock_timeout=s.store.lock_timeout)
+
+    def _ingest_stages(self) -> IngestStages:
         s = self.settings
         # Settings that change what chunks a file yields: a change re-ingests the file.
         salt = (f"{s.chunking.strategy}:{self.chunker.limit}:{s.chunking.chunk_overlap}:"
                 f"{s.loading.json_text_field}:{self.embedder.model_name}")
-        return Indexer(
-            store=self._open_store(create=True), lexical=self.lexical,
+        return IngestStages(
             read=lambda path: read_file(path, max_bytes=s.loading.max_file_bytes),
             load=lambda path, data: load_file(path, json_text_field=s.loading.json_text_field, data=data),
             split=self.chunker.split, embed=self.embedder.embed_documents, salt=salt,
-            write_batch=s.ingest.write_batch,
-            prepare_ahead=self._prepare_ahead(), progress=self.progress, lock_timeout=s.store.lock_timeout,
+            open_store=lambda: self._open_store(create=True),
         )
 
     def _prepare_ahead(self) -> bool:
@@ -205,32 +230,38 @@ class Pipeline:
         return self.retriever(mode).search(query, k, mode=mode, where=where)
 
     def ask(self, question: str, k: int | None = None, *, mode: str | None = None,
-            hits: list[Hit] | None = None) -> Answer:
+            hits: list[Hit] | None = None, **options: Any) -> Answer:
+        """The whole answer at once; ``options`` as for ``stream``."""
         answer = None
-        for piece in self.stream(question, k, mode=mode, hits=hits):
+        for piece in self.stream(question, k, mode=mode, hits=hits, **options):
             if isinstance(piece, Answer):
                 answer = piece
         assert answer is not None
         return answer
 
     def stream(self, question: str, k: int | None = None, *, mode: str | None = None,
-               hits: list[Hit] | None = None) -> Iterator[str | Answer]:
+               hits: list[Hit] | None = None, where: dict | None = None,
+               history: Sequence[dict[str, str]] = (), generation: dict[str, Any] | None = None,
+               ) -> Iterator[str | Answer]:
         """Yields the answer's text pieces as they are generated, then the finished Answer. ``hits``
-        given: answer from those instead of retrieving (an evaluation's gold passage, or none)."""
+        given: answer from those instead of retrieving (an evaluation's gold passage, or none).
+        ``history``: earlier messages of a conversation, for templates that show them;
+        ``generation``: this answer's own settings (rag.generation.REQUEST_OPTIONS), e.g. a
+        server request's ``max_tokens``."""
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         if hits is None:
-            hits = self.search(question, k, mode=mode)
+            hits = self.search(question, k, mode=mode, where=where)
         else:
             hits = list(hits)
         timings["retrieval"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        generator = self.generator
+        generator = self.generator.with_options(**generation) if generation else self.generator
         evidence = self._evidence(question, hits)
         prompt, kept, dropped = self.prompt.pack(
             question, evidence, generator.count_tokens, generator.prompt_budget,
-            escape=generator.neutralize, finish=generator.format_prompt,
+            escape=generator.neutralize, finish=generator.format_prompt, history=history,
         )
         warnings = []
         if not hits:
@@ -346,3 +377,8 @@ class Pipeline:
         result["timings"] = {"open_s": opened - clock, "read_s": read - opened, "draw_s": done - read}
         result["seconds"] = done - clock
         return result
+
+
+def ingest_stages(settings: Settings) -> IngestStages:
+    """The ingest stages built from settings alone: what a Ray worker calls to build its own."""
+    return Pipeline(settings, progress=False)._ingest_stages()

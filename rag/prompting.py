@@ -15,13 +15,17 @@ Variables a template sees:
   ``text``, ``source`` (file path, ``""`` when unknown), ``title`` (``""`` when unknown), ``page``
   (``None`` when not paged), ``score``, ``id`` (chunk id), ``metadata`` (the chunk's metadata).
 - ``config``: the ``variables`` dict given to ``PromptBuilder``.
+- ``history``: the conversation before the question (a chat client's earlier messages), a list of
+  ``{"role", "content"}`` dicts, oldest first; empty for a single question. The builtin templates
+  answer the question alone, so that sources and not an earlier answer decide it; a template of
+  one's own may show it.
 """
 
 from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,23 +118,26 @@ class PromptBuilder:
         except (OSError, UnicodeDecodeError) as exc:
             raise PromptError(f"prompt template {self.path} cannot be read: {exc}") from exc
 
-    def render(self, question: str, hits: list[Hit], escape: Callable[[str], str] = _unchanged) -> str:
+    def render(self, question: str, hits: list[Hit], escape: Callable[[str], str] = _unchanged,
+               history: Sequence[Mapping[str, str]] = ()) -> str:
         """The prompt for ``question`` with every hit as a numbered source, in the order given.
-        ``escape`` is applied to the question and to the text of every source (the generator's
-        ``neutralize``, so that no document text can act as a special token)."""
-        return self._render(escape(question), [_source_dict(i, hit, escape) for i, hit in enumerate(hits, start=1)])
+        ``escape`` is applied to the question, to the text of every source and to the history (the
+        generator's ``neutralize``, so that no document or message text can act as a special token)."""
+        sources = [_source_dict(i, hit, escape) for i, hit in enumerate(hits, start=1)]
+        return self._render(escape(question), sources, _history(history, escape))
 
-    def _render(self, question: str, sources: list[dict[str, Any]]) -> str:
+    def _render(self, question: str, sources: list[dict[str, Any]], history: list[dict[str, str]] = ()) -> str:
         try:
-            return self.template.render(question=question, sources=sources, config=self.variables)
+            return self.template.render(question=question, sources=sources, config=self.variables,
+                                        history=list(history))
         except SecurityError as exc:
             raise PromptError(
                 f"prompt template {self._where(exc)} tried something the sandbox forbids ({exc}); "
-                "templates may only use the variables question, sources and config"
+                "templates may only use the variables question, sources, history and config"
             ) from exc
         except jinja2.UndefinedError as exc:
             raise PromptError(
-                f"prompt template {self._where(exc)}: {exc}; templates see question, sources and config "
+                f"prompt template {self._where(exc)}: {exc}; templates see question, sources, history and config "
                 "(set extra values under the prompt's variables)"
             ) from exc
         except jinja2.TemplateSyntaxError as exc:  # in an included template, compiled on first use
@@ -156,6 +163,7 @@ class PromptBuilder:
     def pack(
         self, question: str, hits: list[Hit], measure: Callable[[str], int], budget: int,
         escape: Callable[[str], str] = _unchanged, finish: Callable[[str], str] = _unchanged,
+        history: Sequence[Mapping[str, str]] = (),
     ) -> tuple[str, list[Hit], int]:
         """The prompt with as many of the best hits as fit in ``budget`` tokens.
 
@@ -170,9 +178,10 @@ class PromptBuilder:
         # Escaped once: the binary search below renders prefixes of the same sources several times.
         question = escape(question)
         sources = [_source_dict(i, hit, escape) for i, hit in enumerate(hits, start=1)]
+        earlier = _history(history, escape)
 
         def fits(k: int) -> tuple[bool, str, int]:
-            prompt = finish(self._render(question, sources[:k]))
+            prompt = finish(self._render(question, sources[:k], earlier))
             size = measure(prompt)
             return size <= budget, prompt, size
 
@@ -195,6 +204,10 @@ class PromptBuilder:
             else:
                 hi = mid
         return best, hits[:lo], len(hits) - lo
+
+
+def _history(messages: Sequence[Mapping[str, str]], escape: Callable[[str], str]) -> list[dict[str, str]]:
+    return [{"role": str(m.get("role", "")), "content": escape(str(m.get("content", "")))} for m in messages]
 
 
 def _is_under(filename: str, folder: Path) -> bool:

@@ -82,6 +82,19 @@ def test_template_given_as_path_with_variables(tmp_path):
     assert prompt == "For kids: why? <1:chunk-0:1.0:pdf> <2:chunk-1:0.99:pdf>"
 
 
+def test_a_template_may_show_the_conversation_before_the_question(tmp_path):
+    path = write_template(tmp_path, "{% for m in history %}{{ m.role }}: {{ m.content }}\n{% endfor %}Q: {{ question }}")
+    history = [{"role": "user", "content": "Who runs <tok>?"}, {"role": "assistant", "content": "Ada {{ 1 }}."}]
+    shout = str.upper  # stands for the generator's neutralize: applied to every message as to the question
+    prompt = PromptBuilder(path).render("and since when?", [], escape=shout, history=history)
+    assert prompt == "user: WHO RUNS <TOK>?\nassistant: ADA {{ 1 }}.\nQ: AND SINCE WHEN?"
+    packed, _, _ = PromptBuilder(path).pack("and since when?", [], len, 1000, history=history)
+    assert packed == "user: Who runs <tok>?\nassistant: Ada {{ 1 }}.\nQ: and since when?"
+    # The builtin templates answer from the sources alone: an earlier answer does not steer the next.
+    assert PromptBuilder("qa_cited").render("q?", make_hits(["x"]), history=history) == \
+        PromptBuilder("qa_cited").render("q?", make_hits(["x"]))
+
+
 def test_template_extends_a_builtin(tmp_path):
     path = write_template(tmp_path, '{% extends "qa.j2" %}')
     assert PromptBuilder(path).render("q?", make_hits(["x"])) == PromptBuilder("qa").render("q?", make_hits(["x"]))

@@ -176,20 +176,38 @@ class LexicalIndex:
         self._save()
 
     def in_step_with(self, store: VectorStore) -> LexicalIndex:
-        """This index, rebuilt from ``store`` when it is missing or behind it (see ``state``). While an
-        ingest holds the store, the rebuilt index is kept in memory only: the files are the writer's."""
+        """This index in step with ``store``: as it is; or read again, when a writer saved one that
+        matches the store; or rebuilt from the store when missing or behind it (see ``state``).
+
+        While an ingest holds the store, an index already loaded is used as it is: the last complete
+        one, which the ingest brings up to date when it ends. Searches during an ingest (a server's)
+        then keep their usual speed instead of rebuilding on every write. With none loaded it is
+        rebuilt in memory only, since the files are the writer's."""
         state = store.state
         with self._lock:
-            if self._state is None:
+            if self._state is None or (self._state != state and self._saved_state() == state):
                 self.load()
             if self._state != state:
-                log(f"lexical index is missing or stale; rebuilding it from the collection ({store.count()} chunks)")
                 try:
                     with store.write_lock(wait=False):
+                        self._log_rebuild(store)
                         self.rebuild(store.iter_texts(), store.state)
                 except StoreError:
-                    self.rebuild(store.iter_texts(), state, save=False)
+                    if self._state is None:
+                        self._log_rebuild(store)
+                        self.rebuild(store.iter_texts(), state, save=False)
         return self
+
+    @staticmethod
+    def _log_rebuild(store: VectorStore) -> None:
+        log(f"lexical index is missing or stale; rebuilding it from the collection ({store.count()} chunks)")
+
+    def _saved_state(self) -> str | None:
+        """The state the saved index records (None when there is none), read without loading it."""
+        try:
+            return self._read_json(MANIFEST).get("state")
+        except Exception:  # noqa: BLE001 - no readable manifest: nothing saved
+            return None
 
     @_locked
     def search(
