@@ -7,14 +7,19 @@ The store must hold the corpus's evaluation collection, which `rag eval retrieva
 --qrels R --store DIR` builds (and this script builds the same way when it is missing). ``--set KEY=VALUE``
 settings apply to both sides alike (e.g. ``--set embedding.dtype=bfloat16`` as the store was built).
 
+Three processes: this driver (the HTTP clients; it never imports torch), a `rag serve` child, and a
+child holding the in-process ``Pipeline``. Whichever side is not being measured is paused (SIGSTOP):
+two idle torch runtimes on the same cores otherwise take CPU from each other (OpenMP threads spin
+after their work), which measured as the server's answers starting ~20 ms later.
+
 1. Searches under load: ``--clients`` threads each send one query after another for ``--seconds`` in
-   all, as ``POST /search`` (k=10) to a `rag serve` child process (keep-alive connections, JSON parsed),
-   and as ``Pipeline.search`` in this process. The two sides alternate in halves so drift hits both.
-   Latency p50/p95, requests/s and errors for each, and the HTTP overhead at p50.
+   all, as ``POST /search`` (k=10, keep-alive connections, JSON parsed), and as ``Pipeline.search``
+   from as many threads in the in-process child. The two sides alternate in halves. Latency p50/p95,
+   requests/s and errors for each, and the HTTP overhead at p50.
 2. Time to the first streamed byte of an answer: ``POST /v1/chat/completions`` with ``stream: true``
-   (until the first content delta arrives) against ``next(Pipeline.stream(...))``, one question at a
-   time, the sides alternating question by question; both read the answer to its end. Besides each
-   side's percentiles, the median of the per-question difference (the same question on both sides).
+   (until the first content delta arrives) against ``next(Pipeline.stream(...))`` in the child, one
+   question at a time, the sides alternating question by question; both read the answer to its end.
+   Besides each side's percentiles, the median of the per-question difference.
 
 One JSON document on stdout; progress on stderr.
 """
@@ -22,9 +27,11 @@ One JSON document on stdout; progress on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -32,15 +39,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rag import evaluation, harness  # noqa: E402
-from rag.pipeline import Pipeline  # noqa: E402
-from rag.types import Answer  # noqa: E402
+from rag import evaluation  # noqa: E402  (pure functions: no torch in the driver)
 
 
 def log(message: str) -> None:
@@ -150,16 +156,77 @@ def first_byte_over_http(port: int, question: str) -> float:
     return first
 
 
-def first_byte_in_process(pipeline: Pipeline, question: str) -> float:
-    clock = time.perf_counter()
-    stream = pipeline.stream(question)
-    piece = next(stream)
-    first = time.perf_counter() - clock
-    if isinstance(piece, Answer):
-        raise RuntimeError("the answer had no text")
-    for _ in stream:
-        pass
-    return first
+def in_process_child(args: argparse.Namespace) -> None:
+    """The in-process side: one Pipeline over the collection, driven by JSON lines on stdin."""
+    from rag import harness
+    from rag.pipeline import Pipeline
+    from rag.types import Answer
+
+    base = Pipeline.from_yaml(None, sets=args.sets, store={"path": str(args.store)})
+    pipeline = harness._eval_pipeline(base, args.corpus)
+    if not pipeline.info()["chunks"]:
+        if not args.qrels:
+            raise SystemExit(f"{args.store} has no collection for {args.corpus}; pass --qrels to build it")
+        log("building the collection (rag eval retrieval)")
+        harness.evaluate_retrieval(base, args.corpus, args.queries, args.qrels)
+    queries = list(evaluation.read_beir_queries(args.queries).values())
+
+    def first_byte(question: str) -> float:
+        clock = time.perf_counter()
+        stream = pipeline.stream(question)
+        piece = next(stream)
+        first = time.perf_counter() - clock
+        if isinstance(piece, Answer):
+            raise RuntimeError("the answer had no text")
+        for _ in stream:
+            pass
+        return first
+
+    for query in queries[:20]:
+        pipeline.search(query, args.k)
+    first_byte(queries[0])
+    reply = {"collection": pipeline.settings.store.collection, "chunks": pipeline.info()["chunks"],
+             "generator": pipeline.settings.generation.model}
+    print(json.dumps(reply), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["cmd"] == "search":
+            latencies, errors = load(lambda state, query: pipeline.search(query, args.k), queries,
+                                     request["clients"], request["seconds"])
+            reply = {"latencies": latencies, "errors": errors}
+        else:
+            reply = {"first": first_byte(request["question"])}
+        print(json.dumps(reply), flush=True)
+
+
+class Child:
+    """The in-process side in its own process, paused while the other side is measured."""
+
+    def __init__(self, args: argparse.Namespace):
+        argv = [sys.executable, __file__, "--child", "--store", str(args.store), "--corpus", args.corpus,
+                "--queries", args.queries, "-k", str(args.k), *(["--qrels", args.qrels] if args.qrels else []),
+                *[x for s in args.sets for x in ("--set", s)]]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.ready = json.loads(self.proc.stdout.readline())
+
+    def call(self, **request) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def paused(proc: subprocess.Popen) -> Iterator[None]:
+    """``proc`` stopped (SIGSTOP) for the duration, then resumed."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
 
 
 def main() -> None:
@@ -173,53 +240,53 @@ def main() -> None:
     parser.add_argument("--chats", type=int, default=30, help="questions answered on each side")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.store = args.store.resolve()
+    if args.child:
+        return in_process_child(args)
 
-    base = Pipeline.from_yaml(None, sets=args.sets, store={"path": str(args.store)})
-    pipeline = harness._eval_pipeline(base, args.corpus)
-    collection = pipeline.settings.store.collection
-    if not pipeline.info()["chunks"]:
-        if not args.qrels:
-            raise SystemExit(f"{args.store} has no collection for {args.corpus}; pass --qrels to build it")
-        log("building the collection (rag eval retrieval)")
-        harness.evaluate_retrieval(base, args.corpus, args.queries, args.qrels)
-        pipeline = harness._eval_pipeline(Pipeline.from_yaml(None, sets=args.sets, store={"path": str(args.store)}),
-                                          args.corpus)
     queries = list(evaluation.read_beir_queries(args.queries).values())
-    chunks = pipeline.info()["chunks"]
+    child = Child(args)
+    collection, chunks = child.ready["collection"], child.ready["chunks"]
     log(f"collection {collection}: {chunks} chunks; {len(queries)} queries")
-
     with tempfile.TemporaryDirectory() as tmp:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        server = start_server(args, collection, port, Path(tmp))
+        with paused(child.proc):
+            server = start_server(args, collection, port, Path(tmp))
         try:
-            for query in queries[:20]:  # warm both sides
-                pipeline.search(query, args.k)
-                http_search(port, args.k)({}, query)
-            sides = {"in_process": lambda state, query: pipeline.search(query, args.k),
-                     "http": http_search(port, args.k)}
-            measured: dict[str, tuple[list[float], int]] = {name: ([], 0) for name in sides}
+            with paused(child.proc):
+                for query in queries[:20]:  # warm the server
+                    http_search(port, args.k)({}, query)
+                first_byte_over_http(port, queries[0])
+            measured: dict[str, tuple[list[float], int]] = {"in_process": ([], 0), "http": ([], 0)}
             half = args.seconds / 2
             for order in (("in_process", "http"), ("http", "in_process")):
                 for name in order:
                     log(f"search load: {name}, {args.clients} clients, {half:.0f} s")
-                    latencies, errors = load(sides[name], queries, args.clients, half)
+                    if name == "http":
+                        with paused(child.proc):
+                            latencies, errors = load(http_search(port, args.k), queries, args.clients, half)
+                    else:
+                        with paused(server):
+                            got = child.call(cmd="search", clients=args.clients, seconds=half)
+                        latencies, errors = got["latencies"], got["errors"]
                     measured[name] = (measured[name][0] + latencies, measured[name][1] + errors)
             search = {name: summary(lat, err, args.seconds) for name, (lat, err) in measured.items()}
             search["http_overhead_p50"] = search["http"]["p50_ms"] / search["in_process"]["p50_ms"] - 1
 
             log(f"time to first byte: {args.chats} questions a side")
-            first_byte_over_http(port, queries[0])
-            first_byte_in_process(pipeline, queries[0])
             ttfb: dict[str, list[float]] = {"in_process": [], "http": []}
             for i, question in enumerate(queries[1:args.chats + 1]):
-                order = ("in_process", "http") if i % 2 == 0 else ("http", "in_process")
-                for name in order:
-                    ttfb[name].append(first_byte_in_process(pipeline, question) if name == "in_process"
-                                      else first_byte_over_http(port, question))
+                for name in (("in_process", "http") if i % 2 == 0 else ("http", "in_process")):
+                    if name == "http":
+                        with paused(child.proc):
+                            ttfb[name].append(first_byte_over_http(port, question))
+                    else:
+                        with paused(server):
+                            ttfb[name].append(child.call(cmd="first", question=question)["first"])
             chat = {name: {"p50_ms": 1000 * percentile(v, 50), "p95_ms": 1000 * percentile(v, 95),
                            "mean_ms": 1000 * statistics.fmean(v)} for name, v in ttfb.items()}
             chat["http_overhead_p50"] = chat["http"]["p50_ms"] / chat["in_process"]["p50_ms"] - 1
@@ -229,10 +296,11 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
+            child.close()
 
     result = {"collection": collection, "chunks": chunks, "clients": args.clients, "seconds_per_side": args.seconds,
               "k": args.k, "sets": args.sets, "cpus": os.cpu_count(), "search": search, "first_byte": chat,
-              "generator": pipeline.settings.generation.model}
+              "generator": child.ready["generator"]}
     json.dump(result, sys.stdout, indent=2)
     print()
 
