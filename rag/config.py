@@ -56,6 +56,9 @@ class EmbeddingSettings(Section):
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     batch_size: int = Field(default=32, ge=1)
+    # Padded tokens per forward pass at most (texts x longest); auto: CPU_BATCH_TOKENS on the CPU,
+    # where a batch whose activations stay in cache runs faster, and no limit on a GPU.
+    batch_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
     pooling: Literal["mean", "cls", "last", "max"] | None = None
     normalize: bool = True
     max_length: int | None = None

@@ -49,12 +49,14 @@ class IngestReport:
     chunks_deleted: int = 0
     chunks_total: int = 0
     seconds: float = 0.0
+    embedding_dtype: str | None = None  # what the chunks embedded now were computed in
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
             f"files: {self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
-            f"{self.removed} removed, {self.failed} failed; chunks: {self.chunks_embedded} embedded, "
+            f"{self.removed} removed, {self.failed} failed; chunks: {self.chunks_embedded} embedded"
+            f"{f' in {self.embedding_dtype}' if self.embedding_dtype else ''}, "
             f"{self.chunks_deleted} deleted, {self.chunks_total} in store ({self.seconds:.1f} s)"
         )
 
@@ -236,6 +238,7 @@ class Indexer:
     engine: Engine
     progress: bool = False
     lock_timeout: float = 600.0
+    embedding_dtype: str | None = None  # for the report
     _lexical_in_step: bool = field(default=False, init=False)
     _lexical_pending: dict[str, str | None] = field(default_factory=dict, init=False)  # id -> text (None: gone)
 
@@ -246,7 +249,7 @@ class Indexer:
         those paths that are gone now are removed. The store must already be open."""
         started = time.perf_counter()
         store = self.store
-        report = IngestReport()
+        report = IngestReport(embedding_dtype=self.embedding_dtype)
         with store.write_lock(wait=wait, timeout=self.lock_timeout,
                               on_wait=lambda: log(f"waiting for another ingest to finish writing to {store.location}")):
             known: Known = {}

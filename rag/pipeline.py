@@ -178,7 +178,8 @@ class Pipeline:
         if engine != "ray":
             runner = LocalEngine(stages, write_batch=s.ingest.write_batch, prepare_ahead=self._prepare_ahead())
         return Indexer(store=stages.open_store(), lexical=self.lexical, read=stages.read, salt=stages.salt,
-                       engine=runner, progress=self.progress, lock_timeout=s.store.lock_timeout)
+                       engine=runner, progress=self.progress, lock_timeout=s.store.lock_timeout,
+                       embedding_dtype=self.embedder.dtype_name)
 
     def _ingest_stages(self) -> IngestStages:
         s = self.settings
@@ -341,6 +342,7 @@ class Pipeline:
             "embedding_model": record.get("embedding_model"),
             "embedding_dimension": record.get("embedding_dimension"),
             "embedding_space": record.get("embedding_space", "cosine" if record else None),
+            "embedding_dtype": record.get("embedding_dtype"),
             "chunking": {k.removeprefix("chunking_"): v for k, v in record.items() if k.startswith("chunking_")},
         }
 

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from rag.config import load_settings
-from rag.embedding import DEFAULT_MODEL, Embedder, resolve_model_path
+from rag.embedding import DEFAULT_MODEL, Embedder, auto_dtype, native_bf16_cpu, resolve_model_path
 from rag.errors import ConfigError, ModelError
 
 
 @pytest.fixture(scope="module")
 def embedder(minilm_path) -> Embedder:
-    return Embedder(str(minilm_path), device="cpu", batch_size=4)
+    """float32: the dtype whose vectors do not depend on the batch (auto may pick bfloat16)."""
+    return Embedder(str(minilm_path), device="cpu", batch_size=4, dtype="float32")
 
 
 def test_settings_come_from_the_model_files(embedder):
@@ -47,8 +48,62 @@ def test_vectors_are_unit_length_and_meaningful(embedder):
 def test_batching_and_order_do_not_change_vectors(embedder, minilm_path):
     texts = [f"sentence number {i} " + "word " * (i * 7 % 40) for i in range(23)]
     one_by_one = np.stack([embedder.embed_documents([t])[0] for t in texts])
-    big = Embedder(str(minilm_path), device="cpu", batch_size=16).embed_documents(texts)
+    big = Embedder(str(minilm_path), device="cpu", batch_size=16, dtype="float32").embed_documents(texts)
     assert np.abs(one_by_one - big).max() < 1e-5
+
+
+def test_batches_hold_a_token_budget_longest_first(minilm_path):
+    from rag.embedding import CPU_BATCH_TOKENS
+
+    assert Embedder(str(minilm_path), device="cpu").batch_tokens == CPU_BATCH_TOKENS
+    assert Embedder(str(minilm_path), device="cuda").batch_tokens is None  # a GPU takes whole batches
+    embedder = Embedder(str(minilm_path), device="cpu", batch_size=8, batch_tokens=100, dtype="float32")
+    lengths = [5, 40, 33, 12, 60, 7, 7, 90, 150, 3, 20, 20]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches = list(embedder._batches(order, lengths))
+    assert [i for batch in batches for i in batch] == order  # every text once, in order
+    for batch in batches:
+        assert len(batch) <= 8
+        assert len(batch) == 1 or len(batch) * lengths[batch[0]] <= 100  # one over-budget text goes alone
+    assert [len(b) for b in batches] == [1, 1, 1, 2, 5, 2]  # 150 | 90 | 60 | 40 33 | 20 20 12 7 7 | 5 3
+    unlimited = Embedder(str(minilm_path), device="cpu", batch_size=8, batch_tokens=None, dtype="float32")
+    assert [len(b) for b in unlimited._batches(order, lengths)] == [8, 4]
+    # The budget only regroups texts: float32 vectors are the same either way.
+    texts = [("word " * n).strip() for n in lengths]
+    assert np.abs(embedder.embed_documents(texts) - unlimited.embed_documents(texts)).max() < 1e-5
+    with pytest.raises(ConfigError, match="embedding.batch_tokens"):
+        load_settings(None, {"embedding.batch_tokens": 0})
+
+
+def test_auto_dtype_is_bfloat16_only_on_a_cpu_that_computes_it(minilm_path, monkeypatch):
+    assert auto_dtype("cuda") == auto_dtype("mps") == torch.float16
+    for native in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert native_bf16_cpu() is native
+        expected = torch.bfloat16 if native else torch.float32
+        assert auto_dtype("cpu") == expected
+        embedder = Embedder(str(minilm_path), device="cpu")
+        assert embedder.torch_dtype == expected and embedder.describe()["embedding_dtype"] == str(expected)[6:]
+        # int8 quantization starts from float32 weights, whatever the CPU.
+        assert Embedder(str(minilm_path), device="cpu", quantize="int8").torch_dtype == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # AMX alone counts too
+    assert auto_dtype("cpu") == torch.bfloat16
+    assert Embedder(str(minilm_path), device="cpu", dtype="float32").torch_dtype == torch.float32
+
+
+def test_bfloat16_vectors_stay_close_to_float32_in_any_batch(embedder, minilm_path):
+    texts = [f"sentence number {i} " + "word " * (i * 7 % 40) for i in range(23)] + ["Chroma stores embeddings."]
+    reference = embedder.embed_documents(texts)
+    half = Embedder(str(minilm_path), device="cpu", dtype="bfloat16", batch_size=16)
+    together, alone = half.embed_documents(texts), np.stack([half.embed_documents([t])[0] for t in texts])
+    for vectors in (together, alone):
+        assert vectors.dtype == np.float32 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+        assert (vectors * reference).sum(axis=1).min() > 0.999
+    # Which texts share a batch moves a bfloat16 vector a little, never its neighbours.
+    assert (together * alone).sum(axis=1).min() > 0.999
+    assert ((together @ together.T).argsort(axis=1)[:, -3:] == (alone @ alone.T).argsort(axis=1)[:, -3:]).mean() > 0.9
 
 
 def test_matches_sentence_transformers_reference(embedder, minilm_path):

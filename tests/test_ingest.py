@@ -154,6 +154,33 @@ def test_cli_ingest_search_info_json(tmp_path, minilm_path, capsys):
     assert info["files"] == 3 and info["chunks"] > 3 and info["embedding_model"] == str(minilm_path)
 
 
+def test_the_collection_records_the_dtype_that_built_it(tmp_path, minilm_path, capsys):
+    from rag.embedding import auto_dtype
+
+    docs = make_folder(tmp_path / "docs", PROSE)
+    common = ["--store", str(tmp_path / "store"), "--set", f"embedding.model={minilm_path}"]
+    auto = str(auto_dtype("cpu")).removeprefix("torch.")  # bfloat16 where the CPU computes it natively
+    other = "float32" if auto == "bfloat16" else "bfloat16"
+
+    def info() -> dict:
+        assert main(["info", "--json", *common]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert main(["ingest", str(docs), *common]) == 0
+    assert f"embedded in {auto}," in capsys.readouterr().out
+    assert info()["embedding_dtype"] == auto
+    # Another dtype reads the same collection, and re-ingesting unchanged files embeds nothing...
+    assert main(["ingest", str(docs), *common, "--set", f"embedding.dtype={other}", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["unchanged"], report["chunks_embedded"], report["embedding_dtype"]) == (3, 0, other)
+    assert info()["embedding_dtype"] == auto  # ...so the record is unchanged
+    # A file embedded in the other dtype makes the record name both.
+    (docs / "new.txt").write_text("A new page about tide pools and the creatures living in them.", encoding="utf-8")
+    assert main(["ingest", str(docs), *common, "--set", f"embedding.dtype={other}"]) == 0
+    assert "1 added" in capsys.readouterr().out
+    assert info()["embedding_dtype"] == ",".join(sorted([auto, other]))
+
+
 def test_cli_errors_are_one_line(tmp_path, minilm_path, capsys):
     common = ["--store", str(tmp_path / "store"), "--set", f"embedding.model={minilm_path}"]
     assert main(["search", "anything", *common]) == 2
@@ -191,7 +218,8 @@ def test_pipelined_ingest_equals_one_batch_at_a_time(tmp_path, minilm_path, monk
 
     def stored(store_dir: Path, write_batch: int = 1024, ahead: bool = True) -> dict:
         pipeline = Pipeline.from_config({"store": {"path": str(store_dir)}, "ingest": {"prepare_ahead": ahead, "write_batch": write_batch},
-                                         "embedding": {"model": str(minilm_path)}})
+                                         # float32: its vectors do not depend on the batch
+                                         "embedding": {"model": str(minilm_path), "dtype": "float32"}})
         pipeline.ingest([docs])
         ids = [i for i, _ in pipeline.store.iter_metadata()]
         return {c.id: (c.text, c.metadata, v) for c, v in pipeline.store.get(ids, embeddings=True)}

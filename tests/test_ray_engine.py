@@ -61,7 +61,8 @@ def mixed_folder(root: Path) -> Path:
 
 def config(tmp_path: Path, url: str, collection: str, minilm_path: Path, engine: str, **ray_settings) -> dict:
     return {"store": {"url": url, "path": str(tmp_path / f"local-{collection}"), "collection": collection},
-            "embedding": {"model": str(minilm_path)}, "chunking": {"chunk_size": 96, "chunk_overlap": 16},
+            "embedding": {"model": str(minilm_path), "dtype": "float32"},  # batch-independent vectors
+            "chunking": {"chunk_size": 96, "chunk_overlap": 16},
             "ingest": {"engine": engine, "ray": {"workers": 2, "batch_size": 16, **ray_settings}}}
 
 

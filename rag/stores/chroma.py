@@ -29,6 +29,9 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 # Recorded settings that must match for the stored vectors to mean anything.
 MUST_MATCH = ("embedding_model", "embedding_dimension", "embedding_pooling", "embedding_normalized")
 # (embedding.space is checked against the collection's own hnsw configuration, which cannot change.)
+# Recorded settings that may differ between the ingests that wrote vectors (embedding.dtype): the
+# record keeps every value that wrote some, comma-joined, written with the first vectors of a new one.
+ACCUMULATED = ("embedding_dtype",)
 STATE_KEY = "rag_state"
 _INT64 = 2**63
 
@@ -70,6 +73,7 @@ class Store:
             where = url or str(self.path)
             raise StoreError(f"store: cannot open Chroma at {where}: {type(exc).__name__}: {exc}") from None
         self._collection = None
+        self._unrecorded: dict[str, str] = {}  # ACCUMULATED values to record with the next vectors
 
     @property
     def location(self) -> str:
@@ -115,8 +119,12 @@ class Store:
                 )
         self._collection = collection
         # Only a writer records how the collection is built: a reader's settings say nothing about it.
-        if create and any(stored.get(k) != v for k, v in record.items()):
-            self._write_metadata({**stored, **record})
+        if create:
+            self._unrecorded = {k: _joined(stored.get(k), record[k], collection.count()) for k in ACCUMULATED
+                                if k in record and record[k] not in str(stored.get(k, "")).split(",")}
+            fixed = {k: v for k, v in record.items() if k not in self._unrecorded}
+            if any(stored.get(k) != v for k, v in fixed.items()):
+                self._write_metadata({**stored, **fixed})
 
     @property
     def collection(self):
@@ -227,6 +235,10 @@ class Store:
 
     def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
         """Write in batches no larger than the client allows."""
+        if self._unrecorded and len(chunks):
+            self._write_metadata({**(self.client.get_collection(self.collection_name).metadata or {}),
+                                  **self._unrecorded})
+            self._unrecorded = {}
         page = self.client.get_max_batch_size()
         for begin in range(0, len(chunks), page):
             batch = chunks[begin : begin + page]
@@ -283,6 +295,13 @@ class Store:
             yield
         finally:
             handle.close()
+
+
+def _joined(recorded: Any, value: str, count: int) -> str:
+    """An ACCUMULATED record value with ``value`` added; vectors stored before rag recorded the key
+    (``count`` of them, none recorded) are named "unrecorded"."""
+    values = set(str(recorded).split(",")) if recorded else ({"unrecorded"} if count else set())
+    return ",".join(sorted(values | {value}))
 
 
 def _space_of(collection: Any) -> str:
