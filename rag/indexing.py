@@ -257,7 +257,9 @@ class Indexer:
                 entry = (str(metadata.get("file_signature", "")), int(metadata.get("file_chunks", -1)))
                 known.setdefault(str(metadata.get("source", "")), {})[chunk_id] = entry
             # An index in step with the store is updated incrementally; any other is rebuilt at the end.
-            self._lexical_in_step = self.lexical.load() and self.lexical.state == store.state
+            # (One saved before it kept chunk metadata is rebuilt too, so that it keeps it from now on.)
+            self._lexical_in_step = (self.lexical.load() and self.lexical.state == store.state
+                                     and self.lexical.has_metadata)
             self._lexical_pending = {}
             store.bump_state()  # from here on the lexical index is stale until brought up to date
             seen: set[str] = set()
@@ -377,10 +379,14 @@ class Indexer:
         pending, self._lexical_pending = self._lexical_pending, {}
         if not self._lexical_in_step:
             if final:
-                self.lexical.rebuild(self.store.iter_texts(), self.store.state)
+                self.lexical.rebuild(self.store.iter_texts(metadata=True), self.store.state)
             return
         if not pending and not final:
             return
         upserts = [(i, t) for i, t in pending.items() if t is not None]
         deletes = [i for i, t in pending.items() if t is None]
+        # Each chunk's metadata read back, as the store holds it (Chroma merges a write into the
+        # metadata it had), for the filters the lexical index answers.
+        stored = {chunk.id: chunk.metadata for chunk, _ in self.store.get([i for i, _ in upserts])}
+        upserts = [(i, t, stored[i]) if i in stored else (i, t) for i, t in upserts]
         self.lexical.update(upserts, deletes, state=self.store.state if final else "ingest in progress")

@@ -11,19 +11,26 @@ Scores, higher is better always:
 Every hit also carries each retriever's own score and rank in ``Hit.scores`` / ``Hit.ranks``, and the
 dense score of every hit is always filled in, so ``score_threshold`` (read in the dense score's unit)
 means the same thing in every mode.
+
+A filter (``where``) is answered from the metadata the lexical index keeps (``LexicalStore.select``)
+whenever that index is in step with the store, and by the store otherwise: the lexical side is then
+restricted to those chunks directly, and the dense side asks the store for the nearest among those
+ids, which Chroma answers exactly as it answers the filter (same ids, order and scores) without
+evaluating it: at 100k chunks, 17 ms instead of 65 for a filter keeping 10%.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from rag.errors import ConfigError, ModelError
+from rag.errors import ConfigError, ModelError, StoreError
 from rag.hub import MODEL_LOADING, locate, pick_device
 from rag.types import MODES, Chunk, Hit, LexicalStore, VectorStore
+
 
 def rrf(rankings: dict[str, list[str]], k: int = 60) -> list[tuple[str, float]]:
     """Reciprocal rank fusion of several best-first id lists; ties go to the smaller id."""
@@ -198,6 +205,10 @@ class Retriever:
         where = where if where is not None else self.where
         depth = max(k, self.fetch_k) if (mode == "hybrid" or self.mmr or self.reranker) else k
         query = self.embed_query(question)
+        allowed = self._selection(where) if where else None
+        # How many candidates get their chunk fetched: when far fewer than the depth, the dense side
+        # asks only for ids and scores (at 100k chunks, 4 ms instead of 11 for 100).
+        head_depth = None if (self.score_threshold is not None or self.mmr) else self._rerank_depth(k)
 
         # Each retriever's own view: id -> (score, rank), and what we know of each chunk.
         chunks: dict[str, Chunk] = {}
@@ -205,15 +216,27 @@ class Retriever:
         dense: dict[str, float] = {}  # the dense score of every candidate seen
         per: dict[str, dict[str, tuple[float, int]]] = {}
         if mode in ("dense", "hybrid"):
-            found = self.store.query(query, depth, where, embeddings=self.mmr)
-            per["dense"] = {c.id: (score, rank) for rank, (c, score, _) in enumerate(found, start=1)}
-            for chunk, score, vector in found:
-                chunks[chunk.id], dense[chunk.id] = chunk, score
-                if vector is not None:
-                    vectors[chunk.id] = vector
+            ids_only = head_depth is not None and head_depth < depth
+            among = list(allowed) if allowed is not None else None
+            try:
+                found = self._dense(query, depth, where if among is None else None, among, ids_only)
+            except StoreError:
+                if among is None:
+                    raise
+                found = self._dense(query, depth, where, None, ids_only)  # one deleted since the check
+            if ids_only:
+                pairs = found
+            else:
+                pairs = [(chunk.id, score) for chunk, score, _ in found]
+                for chunk, _, vector in found:
+                    chunks[chunk.id] = chunk
+                    if vector is not None:
+                        vectors[chunk.id] = vector
+            per["dense"] = {i: (score, rank) for rank, (i, score) in enumerate(pairs, start=1)}
+            dense.update(pairs)
         if mode in ("lexical", "hybrid"):
-            allowed = self.store.ids(where) if where else None
-            found_lex = self.lexical.search(question, depth, allowed)
+            restrict = allowed if (allowed is not None or not where) else self.store.ids(where)
+            found_lex = self.lexical.search(question, depth, restrict)
             per["lexical"] = {i: (score, rank) for rank, (i, score) in enumerate(found_lex, start=1)}
 
         if mode == "hybrid":
@@ -227,15 +250,20 @@ class Retriever:
             ranked = sorted(((i, s) for i, (s, _) in per[mode].items()), key=lambda item: (-item[1], item[0]))
 
         def complete(ids: list[str], with_vectors: bool) -> None:
-            """Fetch what the lexical side did not give: the chunk, its vector, its dense score."""
+            """Fetch what the retrievers did not give: the chunk, its vector, and the dense score of a
+            chunk only the lexical side found."""
             wanted = [i for i in ids if i not in chunks or (with_vectors and i not in vectors)]
-            for chunk, vector in self.store.get(wanted, embeddings=True):
-                chunks[chunk.id], vectors[chunk.id] = chunk, vector
-                # In the store's space, so a lexical-only hit's dense score means what the store's do.
-                dense[chunk.id] = float(similarity(vector[None, :], query, self.store.space)[0])
+            need_vectors = with_vectors or any(i not in dense for i in wanted)
+            for chunk, vector in self.store.get(wanted, embeddings=need_vectors):
+                chunks[chunk.id] = chunk
+                if vector is not None:
+                    vectors[chunk.id] = vector
+                if chunk.id not in dense:
+                    # In the store's space, so a lexical-only hit's dense score means what the store's do.
+                    dense[chunk.id] = float(similarity(vector[None, :], query, self.store.space)[0])
 
         # The threshold and MMR look at every candidate; otherwise only the hits shown are completed.
-        head = len(ranked) if (self.score_threshold is not None or self.mmr) else self._rerank_depth(k)
+        head = len(ranked) if head_depth is None else head_depth
         complete([i for i, _ in ranked[:head]], with_vectors=self.mmr)
         ranked = [(i, s) for i, s in ranked[:head] if i in chunks]  # a stale lexical id is never shown
         if self.score_threshold is not None:
@@ -264,6 +292,24 @@ class Retriever:
         found = [(c, s) for c, s, _ in self.store.query(vector, k + (exclude is not None)) if c.id != exclude]
         return [Hit(chunk=chunk, score=score, rank=rank, scores={"dense": score}, ranks={"dense": rank})
                 for rank, (chunk, score) in enumerate(found[:k], start=1)]
+
+    def _selection(self, where: dict) -> Set[str] | None:
+        """The chunks ``where`` keeps, as the lexical index's metadata says, when that index keeps it
+        and is in step with the store as it is now (during an ingest it is not); else None, and the
+        store filters. A malformed filter is a ConfigError either way."""
+        lexical = self.lexical
+        if lexical is None or not lexical.has_metadata:
+            return None
+        state = self.store.state  # read first: an index that moves on after it only fails the check
+        selection = lexical.select(where)
+        return selection if selection is not None and lexical.state == state else None
+
+    def _dense(self, query: np.ndarray, depth: int, where: dict | None, among: list[str] | None,
+               ids_only: bool) -> list:
+        """The store's nearest ``depth``: (id, score) pairs, or (chunk, score, vector) with the chunks."""
+        if ids_only:
+            return self.store.nearest(query, depth, where, ids=among)
+        return self.store.query(query, depth, where, embeddings=self.mmr, ids=among)
 
     def _rerank_depth(self, k: int) -> int:
         return max(k, self.rerank_top_n) if self.reranker is not None else k

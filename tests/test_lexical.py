@@ -1,7 +1,9 @@
-"""LexicalIndex: BM25 ranking, id-keyed updates, crash-safe persistence."""
+"""LexicalIndex: BM25 ranking, id-keyed updates, crash-safe persistence, and the chunk metadata it
+keeps to answer filters (checked against Chroma itself in test_retrieval.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -262,3 +264,139 @@ def test_any_update_sequence_equals_rebuild_and_survives_reload(tmp_path_factory
     for query in ["apple", "banana cherry", "run", "fig grape date", "the"]:
         hits = index.search(query, 3)
         assert hits == fresh.search(query, 3) == reloaded.search(query, 3)
+
+
+# -- the metadata kept beside the terms, answering filters ----------------------------------------------
+
+META = {
+    "a": {"kind": "animal", "n": 1},
+    "b": {"kind": "garden", "n": 2.5, "flag": True},
+    "c": {"kind": "science", "n": 3},
+    "d": {"kind": "animal", "n": 4, "flag": False},
+    "e": {"n": "5"},
+}
+WHERES = [
+    {"kind": "animal"}, {"kind": {"$ne": "animal"}}, {"kind": {"$in": ["garden", "science"]}},
+    {"kind": {"$nin": ["garden"]}}, {"n": {"$gte": 2.5}}, {"n": {"$lt": 3}}, {"n": 1}, {"n": 4.0},
+    {"flag": True}, {"flag": {"$ne": False}}, {"$or": [{"kind": "science"}, {"flag": False}]},
+    {"kind": "animal", "n": {"$lt": 4}}, {"kind": "nothing"}, {"n": "5"},
+]
+
+
+def with_meta(docs=DOCS, meta=META) -> list[tuple[str, str, dict]]:
+    return [(cid, text, meta[cid]) for cid, text in docs]
+
+
+def selected(index: LexicalIndex, where: dict) -> set[str] | None:
+    found = index.select(where)
+    return None if found is None else set(found)
+
+
+def test_metadata_answers_filters(tmp_path):
+    index = build(tmp_path, with_meta())
+    assert index.has_metadata
+    assert selected(index, {"kind": "animal"}) == {"a", "d"}
+    assert selected(index, {"kind": {"$ne": "animal"}}) == {"b", "c", "e"}  # e, without a kind, too
+    assert selected(index, {"n": {"$gte": 2.5}}) == {"b", "c", "d"}  # "5" is text, not a number
+    assert selected(index, {"n": 1}) == {"a"} and selected(index, {"flag": True}) == {"b"}  # True is not 1
+    assert selected(index, {"$or": [{"kind": "science"}, {"flag": False}]}) == {"c", "d"}
+    assert selected(index, {"kind": "animal", "n": {"$lt": 4}}) == {"a"}  # two fields: both must hold
+    assert selected(index, {"kind": "nothing"}) == set()
+    # What it cannot answer as the store would, it leaves to the store.
+    assert index.select({"colour": "red"}) is None  # no chunk has the field
+    assert index.select({"n": {"$in": [1, "5"]}}) is None  # mixed types: Chroma refuses them
+    assert index.select({"n": {"$gt": "a"}}) is None
+    with pytest.raises(ConfigError, match=r"\$like"):
+        index.select({"n": {"$like": 1}})
+    selection = index.select({"kind": "animal"})
+    assert index.select({"kind": "animal"}) is selection  # kept for the next search
+    for query in QUERIES:
+        for where in ({"kind": "animal"}, {"n": {"$gt": 1}}, {"kind": "nothing"}):
+            rows = index.select(where)
+            assert index.search(query, 10, rows) == index.search(query, 10, set(rows))
+
+
+def test_metadata_survives_reload_and_updates_like_a_rebuild(tmp_path):
+    index = build(tmp_path, with_meta())
+    upserts = [("f", "lazy lava", {"kind": "geology", "n": 6}), ("a", "dog days of summer", {"n": 7, "flag": True})]
+    index.update(upserts=upserts, deletes=["b"], state="s2")
+    final = {cid: (text, META[cid]) for cid, text in DOCS if cid != "b"}
+    final.update({cid: (text, meta) for cid, text, meta in upserts})
+    fresh = build(tmp_path / "fresh", [(cid, text, meta) for cid, (text, meta) in final.items()])
+    reloaded = LexicalIndex(tmp_path / "bm25")
+    assert reloaded.load() and reloaded.has_metadata
+    for where in WHERES + [{"kind": "geology"}, {"n": {"$gte": 6}}]:
+        assert selected(index, where) == selected(fresh, where) == selected(reloaded, where), where
+    assert selected(reloaded, {"flag": True}) == {"a"}  # a's metadata is its new one, whole
+    assert selected(reloaded, {"kind": "animal"}) == {"d"}
+
+
+def test_without_metadata_filters_go_to_the_store(tmp_path):
+    index = build(tmp_path, with_meta())
+    index.update(upserts=[("f", "lazy lava")], state="s2")  # one upsert without its metadata
+    assert not index.has_metadata and index.select({"kind": "animal"}) is None
+    reloaded = LexicalIndex(tmp_path / "bm25")
+    assert reloaded.load() and not reloaded.has_metadata
+    index.rebuild(with_meta(), state="s3")
+    assert index.has_metadata
+
+
+def test_an_index_saved_before_metadata_was_kept_still_loads(tmp_path):
+    folder = tmp_path / "bm25"
+    index = build(tmp_path, with_meta())
+    manifest = json.loads((folder / MANIFEST).read_text())
+    files = manifest["files"]
+    for name in ("meta", "codes"):
+        (folder / files.pop(name)).unlink()
+    (folder / MANIFEST).write_text(json.dumps(manifest))  # as the previous version wrote it
+    old = LexicalIndex(folder)
+    assert old.load() and old.state == "s1" and not old.has_metadata
+    assert old.select({"kind": "animal"}) is None
+    for query in QUERIES:
+        assert old.search(query, 10) == index.search(query, 10)
+        assert old.search(query, 10, {"a", "d"}) == index.search(query, 10, {"a", "d"})
+
+
+def test_load_false_when_metadata_damaged(tmp_path):
+    folder = tmp_path / "bm25"
+    build(tmp_path, with_meta())
+    codes = next(folder.glob("codes.*.npy"))
+    codes.write_bytes(codes.read_bytes()[:-4])
+    assert LexicalIndex(folder).load() is False
+    build(tmp_path, with_meta())
+    meta = next(folder.glob("meta.*.json"))
+    described = json.loads(meta.read_text())
+    described["values"][0].append([1, 2])  # a value no table holds
+    meta.write_text(json.dumps(described))
+    assert LexicalIndex(folder).load() is False
+
+
+values = st.one_of(st.integers(-3, 3), st.sampled_from([0.5, 2.0, -1.5]), st.booleans(), st.sampled_from(["x", "y"]))
+metadatas = st.dictionaries(st.sampled_from(["p", "q"]), values, max_size=2)
+meta_steps = st.lists(
+    st.tuples(st.lists(st.tuples(chunk_ids, texts, metadatas), max_size=3), st.lists(chunk_ids, max_size=2)),
+    min_size=1,
+    max_size=4,
+)
+PROBES = [{"p": 1}, {"p": {"$ne": 1}}, {"p": {"$gte": 0.5}}, {"q": {"$in": ["x", "y"]}}, {"q": {"$nin": [True]}},
+          {"$or": [{"p": "x"}, {"q": {"$lt": 0}}]}, {"p": 2, "q": False}]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=meta_steps)
+def test_any_update_sequence_keeps_the_metadata_of_a_rebuild(tmp_path_factory, steps):
+    folder = tmp_path_factory.mktemp("meta")
+    index = LexicalIndex(folder / "inc")
+    index.rebuild([], state="0")
+    expected: dict[str, tuple[str, dict]] = {}
+    for n, (upserts, deletes) in enumerate(steps, start=1):
+        index.update(upserts=upserts, deletes=deletes, state=str(n))
+        for cid in deletes:
+            expected.pop(cid, None)
+        expected.update({cid: (text, meta) for cid, text, meta in upserts})
+    fresh = LexicalIndex(folder / "fresh")
+    fresh.rebuild([(cid, text, meta) for cid, (text, meta) in expected.items()], state="x")
+    reloaded = LexicalIndex(folder / "inc")
+    assert reloaded.load() and reloaded.has_metadata and index.has_metadata
+    for where in PROBES:
+        assert selected(index, where) == selected(fresh, where) == selected(reloaded, where), where

@@ -21,6 +21,9 @@ path: the query is embedded with the packaged MiniLM, Chroma is queried, the lex
 and fused. Configurations are interleaved query by query (order rotating) after a few warm-up calls;
 the first (cold) calls are reported apart. The "embed only" row is the MiniLM query embedding alone,
 for scale.
+
+``--keep DIR`` keeps each built store under DIR (one folder per size, seed and vocabulary) and reuses it
+on the next run, skipping the build; the build figures reported are then those of the run that built it.
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ def build_store(folder: Path, size: int, seed: int, vocabulary: list[str], proba
     write_seconds = time.perf_counter() - started - text_seconds
 
     started = time.perf_counter()
-    pipeline.lexical.rebuild(store.iter_texts(), store.state)
+    pipeline.lexical.rebuild(store.iter_texts(metadata=True), store.state)
     lexical_seconds = time.perf_counter() - started
     return {"write_s": write_seconds, "texts_s": text_seconds, "lexical_build_s": lexical_seconds,
             "count": store.count(), "state": store.state}
@@ -185,6 +188,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (torch's default)")
     parser.add_argument("--tmp", default=None, help="where the temporary stores go")
+    parser.add_argument("--keep", default=None, metavar="DIR",
+                        help="keep the built stores in DIR and reuse them on later runs (no build, no cleanup)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args()
 
@@ -202,16 +207,28 @@ def main() -> None:
 
     results = []
     for size in args.sizes:
-        folder = Path(tempfile.mkdtemp(prefix=f"rag-bench-query-{size}-", dir=args.tmp))
+        kept = Path(args.keep) / f"query-{size}-seed{args.seed}-vocab{args.vocabulary}" if args.keep else None
+        folder = kept or Path(tempfile.mkdtemp(prefix=f"rag-bench-query-{size}-", dir=args.tmp))
         try:
-            print(f"building a store of {size} synthetic chunks in {folder}", file=sys.stderr, flush=True)
-            build = build_store(folder, size, args.seed + size, vocabulary, probabilities)
-            print(f"  written in {build['write_s']:.1f} s, lexical index in {build['lexical_build_s']:.1f} s; "
-                  f"measuring {args.queries} queries x {len(CONFIGS)} configurations", file=sys.stderr, flush=True)
+            record = folder / "build.json"  # written last: a store without it is incomplete
+            if kept is not None and record.exists():
+                build = json.loads(record.read_text())
+                print(f"reusing the store of {size} synthetic chunks in {folder}", file=sys.stderr, flush=True)
+            else:
+                if kept is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
+                print(f"building a store of {size} synthetic chunks in {folder}", file=sys.stderr, flush=True)
+                build = build_store(folder, size, args.seed + size, vocabulary, probabilities)
+                if kept is not None:
+                    record.write_text(json.dumps(build))
+                print(f"  written in {build['write_s']:.1f} s, lexical index in {build['lexical_build_s']:.1f} s",
+                      file=sys.stderr, flush=True)
+            print(f"  measuring {args.queries} queries x {len(CONFIGS)} configurations", file=sys.stderr, flush=True)
             timed = measure(folder, queries[: args.warmup], queries[args.warmup :], args.k)
             results.append({"size": size, "build": build, **timed})
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            if kept is None:
+                shutil.rmtree(folder, ignore_errors=True)
 
     data = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,

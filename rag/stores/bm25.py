@@ -4,11 +4,18 @@ bm25s builds an immutable index, so we also keep the tokenized corpus (token ids
 an update re-tokenizes only the upserted texts and re-indexes the kept token lists.
 
 On disk: the chunk ids (JSON), the token ids (``.npy``), the bm25s index in bm25s's own format
-(its ``vocab.index.json`` doubles as our term -> token id vocabulary), and one small
-``manifest.json`` naming them. Every save writes under fresh names and replaces the manifest
-last, so a crash at any point leaves the previous manifest pointing at the previous, complete
-files. The manifest also records the settings that built the index and an opaque ``state`` token
+(its ``vocab.index.json`` doubles as our term -> token id vocabulary), each chunk's metadata as the
+store holds it (a column table, ``rag.stores.filters``: distinct values in JSON, codes in ``.npy``),
+and one small ``manifest.json`` naming them. Every save writes under fresh names and replaces the
+manifest last, so a crash at any point leaves the previous manifest pointing at the previous,
+complete files. The manifest also records the settings that built the index and an opaque ``state`` token
 the caller compares with its collection to detect a stale index. No pickles anywhere.
+
+The metadata answers a search's filter here (``select``): at 100k chunks, reading from Chroma the
+ids a filter keeping 10% allows took 45 ms, and Chroma's filtered vector query 65 ms against 17 for
+the same search among those ids (``Store.nearest``). An index saved before it kept metadata (no
+``meta`` in its manifest) loads and serves as before, leaving filters to the store, until the next
+ingest rebuilds it.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,10 +38,11 @@ import Stemmer
 from bm25s.tokenization import Tokenizer
 
 from rag.errors import ConfigError, StoreError
+from rag.stores.filters import MetadataTable, canonical_where
 from rag.text import log
-from rag.types import VectorStore
+from rag.types import LexicalItem, VectorStore
 
-__all__ = ["LexicalIndex"]
+__all__ = ["LexicalIndex", "Selection"]
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -43,7 +51,36 @@ MANIFEST = "manifest.json"
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 METHOD = "lucene"
 _TMP = ".tmp-"
-_OURS = re.compile(r"^(\.tmp-.*|(ids|tokens|offsets|bm25s)\.[0-9a-f]+(\.json|\.npy)?)$")
+_OURS = re.compile(r"^(\.tmp-.*|(ids|tokens|offsets|bm25s|meta|codes)\.[0-9a-f]+(\.json|\.npy)?)$")
+_SELECTIONS = 32  # filters whose answer is kept until the index changes
+_DECLINED = object()
+
+
+class Selection(Set):
+    """The chunks a filter keeps (``LexicalIndex.select``): a set of chunk ids that also holds them
+    as the index's rows, so the index's own search restricts by them without a lookup per id."""
+
+    __slots__ = ("rows", "positions", "_order", "_count", "_ids")
+
+    def __init__(self, rows: np.ndarray, positions: dict[str, int], order: list[str]):
+        self.rows = rows  # a bool per row of the index it came from
+        self.positions = positions
+        self._order = order
+        self._count = int(np.count_nonzero(rows))
+        self._ids: list[str] | None = None
+
+    def __contains__(self, chunk_id: object) -> bool:
+        row = self.positions.get(chunk_id)  # type: ignore[call-overload]
+        return row is not None and bool(self.rows[row])
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        if self._ids is None:  # kept: a selection is kept for repeated filters, and read per search
+            order = self._order
+            self._ids = [order[row] for row in np.flatnonzero(self.rows).tolist()]
+        return iter(self._ids)
 
 
 def _locked(method: Callable) -> Callable:
@@ -92,6 +129,9 @@ class LexicalIndex:
         self._flat: tuple[np.ndarray, np.ndarray] | None = None
         self._state: str | None = None
         self._files: dict[str, str | None] | None = None  # files on disk matching the corpus
+        # Each chunk's metadata, rows as _order; None when not known for every chunk.
+        self._table: MetadataTable | None = None
+        self._selections: dict[str, Any] = {}  # a filter's canonical repr -> Selection or _DECLINED
         self._lock = threading.RLock()
 
     # -- public API ---------------------------------------------------------------------------
@@ -109,6 +149,11 @@ class LexicalIndex:
     @_locked
     def __len__(self) -> int:
         return len(self._order)
+
+    @property
+    def has_metadata(self) -> bool:
+        """Whether the index keeps every chunk's metadata, so ``select`` can answer filters."""
+        return self._table is not None
 
     def terms(self, texts: list[str]) -> list[list[int]]:
         """Each text as BM25 terms of this index's analysis (stemmer, stop words), as term ids of a
@@ -133,25 +178,32 @@ class LexicalIndex:
             if files["bm25s"] is not None:
                 bm25 = bm25s.BM25.load(self.folder / files["bm25s"], show_progress=False)
             _check(ids, tokens, offsets, bm25, manifest["count"], state)
+            table = None
+            if files.get("meta") is not None or files.get("codes") is not None:  # absent: saved before
+                codes = np.load(self.folder / files["codes"], allow_pickle=False)
+                table = MetadataTable.restore(self._read_json(files["meta"]), codes, len(ids))
         except Exception:  # noqa: BLE001 - whatever the damage, the answer is "rebuild"
             return False
         self._tokenizer = self._new_tokenizer(bm25.vocab_dict if bm25 is not None else None)
         self._bm25 = bm25
         self._set_order(ids)
+        self._table = table
         self._docs, self._flat = None, (tokens, offsets)
         self._state = state
         self._files = dict(files)
         return True
 
     @_locked
-    def rebuild(self, items: Iterable[tuple[str, str]], state: str, *, save: bool = True) -> None:
+    def rebuild(self, items: Iterable[LexicalItem], state: str, *, save: bool = True) -> None:
         """Replace everything with ``items`` (a repeated id keeps its last text), then save unless
-        ``save`` is False (a reader's private copy while a writer owns the files)."""
-        texts = dict(items)
+        ``save`` is False (a reader's private copy while a writer owns the files). The metadata is
+        kept only when every item has it."""
+        texts, metadatas = _split(items)
         self._tokenizer = self._new_tokenizer()  # a fresh vocabulary forgets unused terms
         self._docs = dict(zip(texts, self._tokenize(list(texts.values()))))
         self._flat = None
         self._reindex()
+        self._table = MetadataTable.build([metadatas[cid] for cid in self._order]) if metadatas is not None else None
         self._state = state
         if save:
             self._save()
@@ -159,19 +211,27 @@ class LexicalIndex:
     @_locked
     def update(
         self,
-        upserts: Iterable[tuple[str, str]] = (),
+        upserts: Iterable[LexicalItem] = (),
         deletes: Iterable[str] = (),
         state: str = "",
     ) -> None:
         """Delete ``deletes`` (unknown ids ignored), then upsert ``upserts`` by id, re-index,
-        record ``state`` and save. Deletes go first, so an id in both ends up present."""
-        texts, gone = dict(upserts), set(deletes) & self._pos.keys()
+        record ``state`` and save. Deletes go first, so an id in both ends up present. An upsert
+        without its metadata drops the metadata table (filters go to the store) until a rebuild."""
+        (texts, metadatas), gone = _split(upserts), set(deletes) & self._pos.keys()
         if texts or gone:
             docs = self._corpus()
+            before = self._pos
             for cid in gone:
                 del docs[cid]
             docs.update(zip(texts, self._tokenize(list(texts.values()))))
             self._reindex()
+            if self._table is not None and metadatas is not None:
+                source = np.fromiter((-1 if cid in texts else before[cid] for cid in self._order),
+                                     dtype=np.int64, count=len(self._order))
+                self._table = self._table.updated(source, [metadatas[cid] for cid in self._order if cid in texts])
+            else:
+                self._table = None
         self._state = state
         self._save()
 
@@ -191,11 +251,11 @@ class LexicalIndex:
                 try:
                     with store.write_lock(wait=False):
                         self._log_rebuild(store)
-                        self.rebuild(store.iter_texts(), store.state)
+                        self.rebuild(store.iter_texts(metadata=True), store.state)
                 except StoreError:
                     if self._state is None:
                         self._log_rebuild(store)
-                        self.rebuild(store.iter_texts(), state, save=False)
+                        self.rebuild(store.iter_texts(metadata=True), state, save=False)
         return self
 
     @staticmethod
@@ -210,13 +270,35 @@ class LexicalIndex:
             return None
 
     @_locked
+    def select(self, where: dict) -> Selection | None:
+        """The chunks ``where`` keeps, answered from the metadata kept here exactly as the store
+        answers it (rag.stores.filters); None when the index keeps no metadata or leaves this filter
+        to the store. It describes the chunks as of ``state``: the caller checks that the store is
+        still there. A malformed filter is a ConfigError, as from the store. Answers are kept until
+        the index changes, so a repeated filter costs a dictionary lookup."""
+        table = self._table
+        canonical = canonical_where(where)
+        if table is None or canonical is None:
+            return None
+        key = repr(canonical)
+        found = self._selections.get(key)
+        if found is None:
+            rows = table.matching(canonical)
+            found = _DECLINED if rows is None else Selection(rows, self._pos, self._order)
+            if len(self._selections) >= _SELECTIONS:
+                self._selections.pop(next(iter(self._selections)))
+            self._selections[key] = found
+        return None if found is _DECLINED else found
+
+    @_locked
     def search(
-        self, query: str, k: int, allowed_ids: set[str] | None = None
+        self, query: str, k: int, allowed_ids: Set[str] | None = None
     ) -> list[tuple[str, float]]:
         """Top ``k`` (chunk id, BM25 score) pairs, best first, scores > 0 only.
 
         Equal scores come in id order so results are reproducible. ``allowed_ids`` restricts
-        the candidates before the cut, so up to ``k`` allowed hits come back.
+        the candidates before the cut, so up to ``k`` allowed hits come back; a ``Selection`` from
+        this index as it is now restricts by its rows directly.
         """
         if k <= 0 or self._bm25 is None:
             return []
@@ -228,6 +310,8 @@ class LexicalIndex:
         scores = self._bm25.get_scores_from_ids(query_ids)
         if allowed_ids is None:
             candidates = np.flatnonzero(scores > 0)
+        elif isinstance(allowed_ids, Selection) and allowed_ids.positions is self._pos:
+            candidates = np.flatnonzero(allowed_ids.rows & (scores > 0))
         else:
             positions = [self._pos[cid] for cid in allowed_ids if cid in self._pos]
             candidates = np.asarray(positions, dtype=np.int64)
@@ -287,6 +371,7 @@ class LexicalIndex:
     def _set_order(self, ids: list[str]) -> None:
         self._order = ids
         self._pos = {cid: i for i, cid in enumerate(ids)}
+        self._selections = {}  # the rows they name are gone
 
     def _reindex(self) -> None:
         """Build the bm25s index over the kept token lists (bm25s has no incremental update)."""
@@ -319,6 +404,8 @@ class LexicalIndex:
                 "tokens": f"tokens.{tag}.npy",
                 "offsets": f"offsets.{tag}.npy",
                 "bm25s": f"bm25s.{tag}" if self._bm25 is not None else None,
+                "meta": f"meta.{tag}.json" if self._table is not None else None,
+                "codes": f"codes.{tag}.npy" if self._table is not None else None,
             }
             lists = [self._docs[cid] for cid in self._order]
             offsets = np.zeros(len(lists) + 1, dtype=np.int64)
@@ -330,6 +417,9 @@ class LexicalIndex:
             self._write(files["offsets"], lambda f: np.save(f, offsets, allow_pickle=False))
             if files["bm25s"] is not None:
                 self._write_bm25s(files["bm25s"])
+            if self._table is not None:
+                self._write(files["meta"], _json(self._table.describe()))
+                self._write(files["codes"], lambda f: np.save(f, self._table.codes, allow_pickle=False))
         manifest = {
             "format": FORMAT,
             "settings": self._settings,
@@ -373,6 +463,19 @@ class LexicalIndex:
 
     def _read_json(self, name: str) -> Any:
         return json.loads((self.folder / name).read_text(encoding="utf-8"))
+
+
+def _split(items: Iterable[LexicalItem]) -> tuple[dict[str, str], dict[str, Mapping[str, Any]] | None]:
+    """Texts by id, and metadata by id when every item (its last occurrence) has it."""
+    texts: dict[str, str] = {}
+    metadatas: dict[str, Mapping[str, Any]] = {}
+    for item in items:
+        texts[item[0]] = item[1]
+        if len(item) > 2:
+            metadatas[item[0]] = item[2]
+        else:
+            metadatas.pop(item[0], None)
+    return texts, (metadatas if len(metadatas) == len(texts) else None)
 
 
 def _make_stemmer(name: str | None) -> Any:

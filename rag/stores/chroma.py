@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from rag.errors import ConfigError, StoreError
-from rag.types import FILTER_OPERATORS, Chunk
+from rag.errors import StoreError
+from rag.stores.filters import canonical_where
+from rag.types import Chunk
 
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
@@ -186,10 +187,16 @@ class Store:
             for chunk_id, metadata in zip(got["ids"], got["metadatas"]):
                 yield chunk_id, metadata or {}
 
-    def iter_texts(self) -> Iterator[tuple[str, str]]:
-        """(id, text) of every chunk, for rebuilding a side index from the source of truth."""
-        for got in self._pages(["documents"]):
-            yield from zip(got["ids"], got["documents"])
+    def iter_texts(self, *, metadata: bool = False) -> Iterator[tuple[str, str] | tuple[str, str, dict[str, Any]]]:
+        """(id, text) of every chunk, or (id, text, metadata) with ``metadata``, for rebuilding a side
+        index from the source of truth."""
+        if not metadata:
+            for got in self._pages(["documents"]):
+                yield from zip(got["ids"], got["documents"])
+            return
+        for got in self._pages(["documents", "metadatas"]):
+            for chunk_id, text, stored in zip(got["ids"], got["documents"], got["metadatas"]):
+                yield chunk_id, text, stored or {}
 
     def get(self, ids: Sequence[str], *, embeddings: bool = False) -> list[tuple[Chunk, np.ndarray | None]]:
         """Chunks by id, in the order asked; ids not in the store are left out."""
@@ -206,19 +213,15 @@ class Store:
                 found[chunk_id] = (_chunk(chunk_id, got["documents"][i], got["metadatas"][i]), vector)
         return [found[i] for i in ids if i in found]
 
-    def query(self, vector: np.ndarray, k: int, where: dict | None = None,
-              *, embeddings: bool = False) -> list[tuple[Chunk, float, np.ndarray | None]]:
+    def query(self, vector: np.ndarray, k: int, where: dict | None = None, *, embeddings: bool = False,
+              ids: Sequence[str] | None = None) -> list[tuple[Chunk, float, np.ndarray | None]]:
         """The k nearest chunks as (chunk, score, vector?), best first; the score is the space's own
-        similarity (see SPACES), worked out from Chroma's distance."""
-        if k < 1:
-            return []
+        similarity (see SPACES), worked out from Chroma's distance. ``ids`` restricts the search to
+        those chunks, as a filter would (see ``nearest``)."""
         include = ["documents", "metadatas", "distances"] + (["embeddings"] if embeddings else [])
-        translated = chroma_where(where)
-        try:
-            got = self.collection.query(query_embeddings=[vector.tolist()], n_results=k,
-                                        where=translated, include=include)
-        except Exception as exc:  # noqa: BLE001 - a malformed filter is the user's input
-            raise StoreError(f"retrieval.where: Chroma rejected the filter {where!r}: {exc}") from None
+        got = self._query(vector, k, where, ids, include)
+        if got is None:
+            return []
         vectors = got.get("embeddings")[0] if embeddings else None
         return [
             (
@@ -230,6 +233,36 @@ class Store:
                 zip(got["ids"][0], got["documents"][0], got["metadatas"][0], got["distances"][0])
             )
         ]
+
+    def nearest(self, vector: np.ndarray, k: int, where: dict | None = None, *,
+                ids: Sequence[str] | None = None) -> list[tuple[str, float]]:
+        """The k nearest chunks as (id, score), best first, as ``query`` ranks and scores them. Ids
+        and distances alone: at 100k chunks Chroma answers k=100 in 4 ms this way, 11 ms with the
+        texts and metadata, so a caller that shows only a few of them fetches those with ``get``.
+
+        ``ids`` restricts the search to those chunks, each of which must be in the store. Chroma
+        then searches as it does for a filter keeping them (the same ranking and distances) but skips
+        evaluating the filter: at 100k chunks, 17 ms instead of 65 for a filter keeping 10%, 43 ms
+        instead of 210 for one keeping 90%."""
+        got = self._query(vector, k, where, ids, ["distances"])
+        if got is None:
+            return []
+        return [(chunk_id, _similarity(float(distance), self.space))
+                for chunk_id, distance in zip(got["ids"][0], got["distances"][0])]
+
+    def _query(self, vector: np.ndarray, k: int, where: dict | None, ids: Sequence[str] | None,
+               include: list[str]) -> dict[str, Any] | None:
+        """Chroma's answer, or None when there is nothing to search (k < 1, or no ids)."""
+        if k < 1 or (ids is not None and not ids):
+            return None
+        translated = chroma_where(where)
+        try:
+            return self.collection.query(query_embeddings=[vector.tolist()], n_results=k, where=translated,
+                                         ids=list(ids) if ids is not None else None, include=include)
+        except Exception as exc:  # noqa: BLE001 - a malformed filter is the user's input
+            if ids is not None:
+                raise StoreError(f"store: Chroma could not search among {len(ids)} given chunk ids: {exc}") from None
+            raise StoreError(f"retrieval.where: Chroma rejected the filter {where!r}: {exc}") from None
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -333,30 +366,9 @@ def _chunk(chunk_id: str, text: str, metadata: dict[str, Any] | None) -> Chunk:
 
 
 def chroma_where(where: dict | None) -> dict | None:
-    """rag's filter (see rag.types.VectorStore) in Chroma's syntax, where a mapping holds exactly one
-    field or operator: several fields, or several operators on one field, become an ``$and``."""
-    if not where:
-        return None
-    if not isinstance(where, dict):
-        raise ConfigError(f"retrieval.where: expected a mapping of metadata field -> value, got {where!r}")
-    clauses: list[dict[str, Any]] = []
-    for key, value in where.items():
-        if key in ("$and", "$or"):
-            if not isinstance(value, list) or not value or not all(isinstance(v, dict) and v for v in value):
-                raise ConfigError(f"retrieval.where: {key} takes a list of filters, got {value!r}")
-            parts = [chroma_where(v) for v in value]
-            clauses.append(parts[0] if len(parts) == 1 else {key: parts})
-        elif key.startswith("$"):
-            raise ConfigError(f"retrieval.where: {key!r} is not an operator here; use $and, $or, or a field name")
-        elif isinstance(value, dict):
-            unknown = [op for op in value if op not in FILTER_OPERATORS]
-            if unknown or not value:
-                raise ConfigError(f"retrieval.where: {key}: {unknown or value!r} is not an operator; use one "
-                                  f"of {', '.join(FILTER_OPERATORS)}")
-            clauses.extend({key: {op: operand}} for op, operand in value.items())
-        else:
-            clauses.append({key: value})
-    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+    """rag's filter (see rag.types.VectorStore) in Chroma's syntax, which is the filter's canonical
+    form (rag.stores.filters.canonical_where): a mapping holds exactly one field or operator."""
+    return canonical_where(where)
 
 
 def storable(metadata: dict[Any, Any]) -> dict[str, str | int | float | bool]:
