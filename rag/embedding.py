@@ -72,7 +72,7 @@ def auto_dtype(device: str) -> torch.dtype:
     twice float32's speed there, with retrieval figures unchanged, see the README's Performance
     section), float32 on other CPUs. 16-bit vectors depend slightly on which texts share a batch
     (about 1e-3 per component); ``embedding.dtype: float32`` gives batch-independent vectors."""
-    if device in ("cuda", "mps"):
+    if device.split(":")[0] in ("cuda", "mps"):  # cuda:1 too
         return torch.float16
     return torch.bfloat16 if native_bf16_cpu() else torch.float32
 

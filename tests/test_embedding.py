@@ -76,7 +76,7 @@ def test_batches_hold_a_token_budget_longest_first(minilm_path):
 
 
 def test_auto_dtype_is_bfloat16_only_on_a_cpu_that_computes_it(minilm_path, monkeypatch):
-    assert auto_dtype("cuda") == auto_dtype("mps") == torch.float16
+    assert auto_dtype("cuda") == auto_dtype("cuda:1") == auto_dtype("mps") == torch.float16
     for native in (True, False):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
