@@ -164,7 +164,7 @@ def _child_rag(args: argparse.Namespace) -> dict:
         "reingest_embedded": second.chunks_embedded,
         "reingest_unchanged": second.unchanged,
         "device": pipeline.embedder.device,
-        "dtype": str(pipeline.embedder.torch_dtype).removeprefix("torch."),
+        "dtype": pipeline.embedder.dtype_name,
         "torch_threads": torch.get_num_threads(),
     }
 
