@@ -63,7 +63,7 @@ def native_bf16_cpu() -> bool:
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     try:
         return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    except Exception:  # noqa: BLE001 - a private torch API: no answer means no native bf16
+    except Exception:
         return False
 
 
@@ -72,7 +72,7 @@ def auto_dtype(device: str) -> torch.dtype:
     twice float32's speed there, with retrieval figures unchanged, see the README's Performance
     section), float32 on other CPUs. 16-bit vectors depend slightly on which texts share a batch
     (about 1e-3 per component); ``embedding.dtype: float32`` gives batch-independent vectors."""
-    if device.split(":")[0] in ("cuda", "mps"):  # cuda:1 too
+    if device.split(":", maxsplit=1)[0] in ("cuda", "mps"):  # cuda:1 too
         return torch.float16
     return torch.bfloat16 if native_bf16_cpu() else torch.float32
 
@@ -117,7 +117,7 @@ class Embedder:
 
             self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
             self.config = AutoConfig.from_pretrained(self.path, trust_remote_code=trust_remote_code)
-        except Exception as exc:  # noqa: BLE001 - any loading failure is the user's model setting
+        except Exception as exc:
             raise ModelError(
                 f"embedding.model: cannot load {model!r} ({type(exc).__name__}). Point it at a local "
                 "model folder, or run once with network access so it can be downloaded."
@@ -208,7 +208,7 @@ class Embedder:
             try:
                 model = AutoModel.from_pretrained(self.path, dtype=self.torch_dtype,
                                                   trust_remote_code=self.trust_remote_code)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise ModelError(f"embedding.model: cannot load weights of {self.model_name!r}: {exc}") from None
             model.eval()
             if self.quantize == "int8":

@@ -101,7 +101,7 @@ def _check(gguf: Path, setting: str) -> None:
         load_gguf_checkpoint(str(gguf), return_tensors=False)
     except ImportError:  # another transformers layout: the conversion itself will tell
         return
-    except Exception as exc:  # noqa: BLE001 - gguf and transformers raise many types for one cause
+    except Exception as exc:
         raise _unreadable(gguf, setting, exc) from None
 
 
@@ -117,7 +117,7 @@ def _convert(gguf: Path, target: Path, digest: str, setting: str) -> None:
             with MODEL_LOADING:
                 tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
                 loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        except Exception as exc:  # noqa: BLE001 - gguf and transformers raise many types for one cause
+        except Exception as exc:
             raise _unreadable(gguf, setting, exc) from None
         # The loaded model is marked as quantized and will not save; a plain model built from the
         # same config holds the same (dequantized) weights and saves normally.

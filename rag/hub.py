@@ -60,7 +60,7 @@ def local_folder(model: str) -> Path | None:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(model, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached, or not a valid id
+    except Exception:
         return None
 
 

@@ -165,7 +165,7 @@ def _ahead(make: Callable[[], Iterator[Any]], depth: int = 16) -> Iterator[Any]:
                 if stop.is_set():
                     return
                 ready.put(item)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer and raised there
+        except BaseException as exc:
             ready.put(exc)
         ready.put(done)
 

@@ -23,13 +23,14 @@ from rag.embedding import Embedder
 from rag.errors import RagError, StoreError
 from rag.evidence import best_sentences
 from rag.generation import Generator
-from rag.indexing import IngestReport, IngestStages, Indexer, LocalEngine
+from rag.indexing import Indexer, IngestReport, IngestStages, LocalEngine
 from rag.loaders import iter_files, load_file, read_file
 from rag.prompting import PromptBuilder, citations
-from rag.retrieval import Retriever, Reranker, near_duplicates
+from rag.retrieval import Reranker, Retriever, near_duplicates
 from rag.stores.bm25 import LexicalIndex
 from rag.stores.chroma import Store
 from rag.types import Answer, Chunk, Document, Hit
+
 
 class Pipeline:
     """One object configured by one Settings; stages are built lazily, once."""

@@ -35,6 +35,7 @@ from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from rag.errors import GenerationError, PromptError
 from rag.types import Hit
 
+
 def _templates_dir() -> Path:
     """prompts/ beside the package in a source checkout or editable install; a wheel installs the
     same files under <prefix>/share/rag/prompts (pyproject's data-files)."""
@@ -257,8 +258,7 @@ def _numbers(group: str) -> list[int]:
 _WORD = re.compile(r"\w+")
 # Words that say nothing about where an answer came from.
 _FUNCTION_WORDS = frozenset(
-    "a an the of in on at to for from by with and or is are was were be been it its this that these those "
-    "as than then there their they he she his her him we you i not no yes".split()
+    ["a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and", "or", "is", "are", "was", "were", "be", "been", "it", "its", "this", "that", "these", "those", "as", "than", "then", "there", "their", "they", "he", "she", "his", "her", "him", "we", "you", "i", "not", "no", "yes"]
 )
 
 

@@ -148,7 +148,7 @@ class Reranker:
                     model = AutoModelForSequenceClassification.from_pretrained(
                         source, trust_remote_code=self.trust_remote_code
                     )
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise ModelError(
                     f"rerank.model: cannot load {self.model_name!r} ({type(exc).__name__}); point it at a local "
                     "folder or run once online"

@@ -114,7 +114,7 @@ def _child(request: dict) -> None:
         code = main(request["argv"])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:  # noqa: BLE001 - shown as it would be without the fork server
+    except BaseException:
         import traceback
 
         traceback.print_exc()
@@ -129,10 +129,11 @@ def serve() -> None:
     import threading
 
     import chromadb.api.models.Collection  # noqa: F401
-    import rag.cli  # noqa: F401
-    import rag.stores.bm25  # noqa: F401
-    import rag.pipeline  # noqa: F401
     from transformers import AutoConfig, AutoModel, AutoTokenizer, BertModel  # noqa: F401
+
+    import rag.cli
+    import rag.pipeline
+    import rag.stores.bm25  # noqa: F401
 
     if threading.active_count() != 1:
         raise SystemExit("crash_child: imports started threads; forking would not be safe")

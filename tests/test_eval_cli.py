@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import build_tiny_causal_lm
 
 from rag import evaluation
 from rag.cli import main
-from tiny_models import build_tiny_causal_lm
 
 CORPUS = {
     "d1": ("Solar inverters", "An inverter converts direct current from solar panels into alternating current."),

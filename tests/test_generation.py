@@ -10,10 +10,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import threading
 
 import pytest
+from tiny_models import build_tiny_causal_lm
 
 from rag.errors import GenerationError, ModelError
 from rag.generation import Generator
-from tiny_models import build_tiny_causal_lm
 
 QUESTIONS = [
     "What is the capital of France?",

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import PROSE, make_folder
 
 from rag.cli import main
 from rag.errors import StoreError
 from rag.pipeline import Pipeline
-from support import PROSE, make_folder
+
 
 def all_chunks(pipeline: Pipeline) -> dict[str, dict]:
     return dict(pipeline.store.iter_metadata())

@@ -12,12 +12,12 @@ import os
 import random
 import re
 from collections import defaultdict
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_DATA, shared_data
+
 from rag.errors import LoadError
 from rag.loaders import SUPPORTED_EXTENSIONS, decode_bytes, document_id, iter_files, load_file
 
@@ -60,7 +60,7 @@ def _reference_words(markdown: str) -> set[str]:
     return set(_words(markdown))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _recall(case: str) -> tuple[float, tuple[str, ...]]:
     path = _FORMATS / case
     reference = _reference_words(_reference_for(path).read_text(encoding="utf-8"))

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from bs4 import BeautifulSoup
 from PIL import Image
+from support import PROSE, make_folder
 
 from rag import mapping
 from rag.cli import build_parser, main
 from rag.pipeline import Pipeline
-from support import PROSE, make_folder
 
 # A chunk that would break a page that embeds text carelessly, and that quotes a URL.
 HOSTILE = {

@@ -174,7 +174,7 @@ def measure():
 
 
 def varied_texts(n: int) -> list[str]:
-    words = "retrieval grounds the answer in documents that the model never saw during training".split()
+    words = ["retrieval", "grounds", "the", "answer", "in", "documents", "that", "the", "model", "never", "saw", "during", "training"]
     return [" ".join(words[(i * 3) % len(words) :] + words) * (1 + i % 4) + f" (chunk {i})" for i in range(n)]
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import PROSE, chroma_server, make_folder
 
 from rag.errors import ConfigError, RagError
 from rag.pipeline import Pipeline
-from support import PROSE, chroma_server, make_folder
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a single-node Ray on 127.0.0.1 only

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import PROSE, make_folder
 
 from rag.errors import ConfigError, StoreError
 from rag.pipeline import Pipeline
@@ -16,7 +17,6 @@ from rag.retrieval import mmr, rrf, weighted
 from rag.stores.bm25 import MANIFEST, LexicalIndex
 from rag.stores.chroma import Store
 from rag.types import Chunk
-from support import PROSE, make_folder
 
 
 def test_rrf_hand_worked():

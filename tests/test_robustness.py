@@ -604,7 +604,7 @@ class _Recorder(BaseHTTPRequestHandler):
 
     seen: list[str] = []
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         type(self).seen.append(self.headers.get("Authorization", ""))
         body = b'{"error": "Unauthorized", "message": "bad credentials"}'
         self.send_response(401)

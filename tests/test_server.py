@@ -18,12 +18,13 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi", reason='the serve extra is not installed (pip install -e ".[serve]")')
 
-from rag.pipeline import Pipeline  # noqa: E402
-from rag.stores.bm25 import LexicalIndex  # noqa: E402
 from proc_support import child_env  # noqa: E402
 from serve_support import rag_server  # noqa: E402
 from support import PROSE, free_port, make_folder  # noqa: E402
 from tiny_models import build_tiny_causal_lm  # noqa: E402
+
+from rag.pipeline import Pipeline  # noqa: E402
+from rag.stores.bm25 import LexicalIndex  # noqa: E402
 
 SAMPLE_DOCS = Path(__file__).resolve().parents[1] / "examples" / "sample_docs"
 KEY = "test-key-3f9a"

@@ -8,11 +8,11 @@ import shutil
 
 import numpy as np
 import pytest
+from support import make_folder
 
 from rag.cli import main
 from rag.errors import StoreError
 from rag.pipeline import Pipeline
-from support import make_folder
 
 # Distinct texts, so no two chunks tie and the rankings are unambiguous.
 TOPICS = {

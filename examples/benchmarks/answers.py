@@ -36,9 +36,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
-from rag.errors import RagError  # noqa: E402
-from rag.evaluation import answer_in_text  # noqa: E402
-from rag.pipeline import Pipeline  # noqa: E402
+from rag.errors import RagError
+from rag.evaluation import answer_in_text
+from rag.pipeline import Pipeline
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DOCS = HERE.parent / "qa-dev" / "docs"

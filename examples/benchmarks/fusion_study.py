@@ -17,10 +17,11 @@ import argparse
 import json
 import statistics
 
+from tune_hybrid import documents_run, fetch_candidates  # the sibling benchmark, beside this script
+
 from rag import evaluation
 from rag.pipeline import Pipeline
 from rag.retrieval import rrf, weighted
-from tune_hybrid import documents_run, fetch_candidates  # the sibling benchmark, beside this script
 
 
 def zscore(scores: dict[str, dict[str, float]], weights: dict[str, float]) -> list[tuple[str, float]]:

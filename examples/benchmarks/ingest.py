@@ -173,14 +173,13 @@ def _child_langchain(args: argparse.Namespace) -> dict:
     import warnings
 
     warnings.filterwarnings("ignore")  # langchain-community's sunset notice, on stderr anyway
+    import sentence_transformers  # noqa: F401 - imported by HuggingFaceEmbeddings() otherwise
     import torch
     from langchain_chroma import Chroma
     from langchain_community.document_loaders import DirectoryLoader, TextLoader
     from langchain_huggingface import HuggingFaceEmbeddings
     from langchain_text_splitters import RecursiveCharacterTextSplitter
     from transformers import AutoTokenizer
-
-    import sentence_transformers  # noqa: F401 - imported by HuggingFaceEmbeddings() otherwise
 
     from rag.hub import pick_device
 

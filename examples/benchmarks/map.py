@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from query import build_store, make_vocabulary, zipf_probabilities  # noqa: E402  (the sibling benchmark)
+from query import build_store, make_vocabulary, zipf_probabilities
 
 
 def measure(folder: Path, out: Path, limit: int, color_by: str, query: str | None) -> dict:

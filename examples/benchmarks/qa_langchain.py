@@ -60,9 +60,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rag.evaluation import answer_in_text, exact_match, percentile, read_squad, token_f1  # noqa: E402
-from rag.pipeline import Pipeline  # noqa: E402
-from rag.types import Document  # noqa: E402
+from rag.evaluation import answer_in_text, exact_match, percentile, read_squad, token_f1
+from rag.pipeline import Pipeline
+from rag.types import Document
 
 SYSTEM_PROMPT = (
     "You answer questions from the retrieved context that the user gives you. Use only that context. "

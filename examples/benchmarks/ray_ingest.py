@@ -93,7 +93,7 @@ class _Sampler:
                     with open(f"/proc/{proc.pid}/status") as status:
                         hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
                     self.peaks[proc.pid] = (self._role(cmdline), hwm / 1024)
-                except Exception:  # noqa: BLE001 - a process that ended meanwhile
+                except Exception:
                     continue
             self.stop.wait(0.5)
 

@@ -46,7 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rag import evaluation  # noqa: E402  (pure functions: no torch in the driver)
+from rag import evaluation
 
 
 def log(message: str) -> None:
@@ -103,7 +103,7 @@ def load(call, queries: list[str], clients: int, seconds: float) -> tuple[list[f
             try:
                 call(state, query)
                 mine.append(time.perf_counter() - clock)
-            except Exception as exc:  # noqa: BLE001 - counted, and the first is shown
+            except Exception as exc:
                 failed += 1
                 if failed == 1:
                     log(f"client {n}: {type(exc).__name__}: {exc}")

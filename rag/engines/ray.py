@@ -104,7 +104,7 @@ class RayEngine:
             # A Ray started for one ingest is one node: on loopback only (Ray's own single-machine mode).
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         try:
-            import ray  # noqa: F401
+            import ray
             import ray.data  # noqa: F401
         except ImportError:
             raise ConfigError('ingest.engine: ray needs Ray Data: pip install -e ".[ray]"') from None
@@ -126,7 +126,7 @@ class RayEngine:
             yield from self._execute(ray, todo)
         except RagError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a worker that died for good, a lost node, a bad model
+        except Exception as exc:
             raise RagError(f"ingest on Ray failed: {type(exc).__name__}: {one_line(exc)}; run the same ingest "
                            "again (files already written are skipped)") from None
         finally:
@@ -140,7 +140,7 @@ class RayEngine:
         try:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING, configure_logging=True)
-        except Exception as exc:  # noqa: BLE001 - no cluster there, a refused connection
+        except Exception as exc:
             raise ConfigError(f"ingest.ray.address: cannot connect to Ray at {self.address or 'a new local Ray'}: "
                               f"{one_line(exc)} (use auto for a cluster started with `ray start`, ray://HOST:PORT, "
                               "or leave it empty)") from None

@@ -11,14 +11,14 @@ from __future__ import annotations
 import importlib
 import os
 import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 from rag.errors import LoadError
 from rag.loaders.base import Part, content_hash, document_id
-from rag.text import one_line
 from rag.loaders.text import decode_bytes
+from rag.text import one_line
 from rag.types import Document
 
 __all__ = ["SUPPORTED_EXTENSIONS", "LoadError", "decode_bytes", "document_id", "iter_files", "load_file", "read_file"]

@@ -10,8 +10,9 @@ import io
 import posixpath
 import re
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from xml.etree import ElementTree
 
 from rag.errors import LoadError
@@ -34,7 +35,7 @@ def _require_zip(path: Path, data: bytes, kind: str) -> None:
 
 
 # Parts of an equation (OMML) that start a new operand: a space keeps "πr²" from reading "πr2".
-_MATH_OPERANDS = tuple(f"{_M}{name}" for name in "e sup sub num den deg lim fName".split())
+_MATH_OPERANDS = tuple(f"{_M}{name}" for name in ["e", "sup", "sub", "num", "den", "deg", "lim", "fName"])
 
 
 def _paragraph_text(p: Any) -> str:

@@ -11,8 +11,8 @@ from typing import Any
 
 from rag.errors import LoadError
 from rag.loaders.base import Part, rows_as_records, user_metadata
-from rag.text import one_line
 from rag.loaders.text import decode_bytes
+from rag.text import one_line
 
 _DELIMITERS = ",;\t|"
 _SNIFF_SAMPLE = 64 * 1024
@@ -69,7 +69,7 @@ def _record_part(record: Any, text_field: str, part: int | None, extra: dict[str
     if isinstance(value, bool) or not isinstance(value, str | int | float) or not str(value).strip():
         return None
     # The field holding the text is not repeated as metadata (for "a.b", the whole of "a").
-    text_key = text_field if text_field in record else text_field.split(".")[0]
+    text_key = text_field if text_field in record else text_field.split(".", maxsplit=1)[0]
     metadata = user_metadata({key: val for key, val in record.items() if key != text_key})
     # Every document has a text title; a record's own "title" of another type is kept as its JSON.
     title = metadata.get("title", "")

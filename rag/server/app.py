@@ -218,7 +218,7 @@ class Server:
                 report = self.pipeline.ingest(paths, sync=sync, on_file=count)
                 job.report = report.as_dict()
                 job.status = "done"
-            except Exception as exc:  # noqa: BLE001 - reported on the job; the server goes on
+            except Exception as exc:
                 job.status, job.error, job.failure_status = "failed", _message(exc), status_of(exc)
                 if not isinstance(exc, RagError):
                     log.exception("ingest %s failed", job.id)
@@ -467,7 +467,7 @@ def create_app(pipeline: Pipeline, *, api_key: str | None = None) -> FastAPI:
                         role_sent = True
                         yield _sse({**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None,
                                                           "logprobs": None}]})
-            except Exception as exc:  # noqa: BLE001 - the response has begun: the error goes in the stream
+            except Exception as exc:
                 if not isinstance(exc, RagError):
                     log.error("streamed answer failed", exc_info=exc)
                 yield _sse(error_body(_message(exc) if isinstance(exc, RagError) else
@@ -580,7 +580,7 @@ async def _ingest_uploads(server: Server, request: Request) -> IngestJob:
         form = await request.form(max_files=10_000, max_fields=100)
     except BodyTooLarge:
         raise
-    except Exception as exc:  # noqa: BLE001 - the multipart parser's own errors
+    except Exception as exc:
         raise APIError(400, f"the upload could not be read as multipart/form-data: {_message(exc)}",
                        code="bad_upload") from None
     files = [item for key in ("files", "file") for item in form.getlist(key) if hasattr(item, "filename")]

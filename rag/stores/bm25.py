@@ -60,7 +60,7 @@ class Selection(Set):
     """The chunks a filter keeps (``LexicalIndex.select``): a set of chunk ids that also holds them
     as the index's rows, so the index's own search restricts by them without a lookup per id."""
 
-    __slots__ = ("rows", "positions", "_order", "_count", "_ids")
+    __slots__ = ("_count", "_ids", "_order", "positions", "rows")
 
     def __init__(self, rows: np.ndarray, positions: dict[str, int], order: list[str]):
         self.rows = rows  # a bool per row of the index it came from
@@ -182,7 +182,7 @@ class LexicalIndex:
             if files.get("meta") is not None or files.get("codes") is not None:  # absent: saved before
                 codes = np.load(self.folder / files["codes"], allow_pickle=False)
                 table = MetadataTable.restore(self._read_json(files["meta"]), codes, len(ids))
-        except Exception:  # noqa: BLE001 - whatever the damage, the answer is "rebuild"
+        except Exception:
             return False
         self._tokenizer = self._new_tokenizer(bm25.vocab_dict if bm25 is not None else None)
         self._bm25 = bm25
@@ -266,7 +266,7 @@ class LexicalIndex:
         """The state the saved index records (None when there is none), read without loading it."""
         try:
             return self._read_json(MANIFEST).get("state")
-        except Exception:  # noqa: BLE001 - no readable manifest: nothing saved
+        except Exception:
             return None
 
     @_locked

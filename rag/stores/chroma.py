@@ -70,7 +70,7 @@ class Store:
                 self.client = chromadb.PersistentClient(path=str(self.path), settings=settings)
         except StoreError:
             raise
-        except Exception as exc:  # noqa: BLE001 - connection and permission problems alike
+        except Exception as exc:
             where = url or str(self.path)
             raise StoreError(f"store: cannot open Chroma at {where}: {type(exc).__name__}: {exc}") from None
         self._collection = None
@@ -86,7 +86,7 @@ class Store:
         try:
             self.client.get_collection(self.collection_name)
             return True
-        except Exception:  # noqa: BLE001 - chroma raises different types across versions
+        except Exception:
             return False
 
     def open(self, record: dict[str, Any], *, create: bool = True) -> None:
@@ -137,7 +137,7 @@ class Store:
         """What the collection says built it (empty when there is no collection yet)."""
         try:
             return dict(self.client.get_collection(self.collection_name).metadata or {})
-        except Exception:  # noqa: BLE001
+        except Exception:
             return {}
 
     def _write_metadata(self, metadata: dict[str, Any]) -> None:
@@ -259,7 +259,7 @@ class Store:
         try:
             return self.collection.query(query_embeddings=[vector.tolist()], n_results=k, where=translated,
                                          ids=list(ids) if ids is not None else None, include=include)
-        except Exception as exc:  # noqa: BLE001 - a malformed filter is the user's input
+        except Exception as exc:
             if ids is not None:
                 raise StoreError(f"store: Chroma could not search among {len(ids)} given chunk ids: {exc}") from None
             raise StoreError(f"retrieval.where: Chroma rejected the filter {where!r}: {exc}") from None
@@ -378,9 +378,7 @@ def storable(metadata: dict[Any, Any]) -> dict[str, str | int | float | bool]:
     for key, value in metadata.items():
         if value is None:
             continue
-        if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
-            value = str(value)
-        elif isinstance(value, float) and not math.isfinite(value):
+        if (isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64) or (isinstance(value, float) and not math.isfinite(value)):
             value = str(value)
         elif isinstance(value, dt.date | dt.time):
             value = value.isoformat()
