@@ -11,6 +11,7 @@ splitter does, ``document.text[chunk.start:chunk.end] == chunk.text`` and every 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 from typing import TYPE_CHECKING
@@ -127,10 +128,7 @@ class Chunker:
         """The document's chunks in order; empty for a blank document."""
         text = document.text
         self._counts.clear()
-        if self.strategy == "markdown":
-            sections = _markdown_sections(text)
-        else:
-            sections = [(0, len(text), None)]
+        sections = _markdown_sections(text) if self.strategy == "markdown" else [(0, len(text), None)]
         spans: list[tuple[int, int, str | None]] = []
         for start, end, headers in sections:
             spans.extend((start + a, start + b, headers) for a, b, _ in self._spans(text[start:end]))
@@ -158,7 +156,7 @@ class Chunker:
             pieces = self._splitter.split_text(text)
         spans = _fill_gaps(text, _locate(text, pieces))
         fitted: list[Counted] = []
-        for (a, b), count in zip(spans, self._count_many([text[a:b] for a, b in spans])):
+        for (a, b), count in zip(spans, self._count_many([text[a:b] for a, b in spans]), strict=True):
             fitted.extend([(a, b, count)] if count <= self._limit else self._cut(text, a, b))
         return self._join_small(text, _drop_contained(fitted))
 
@@ -190,8 +188,8 @@ class Chunker:
             cuts = [m.end() if self._keep_end else m.start() for m in separator.finditer(text)]
             if cuts:
                 bounds = [0, *cuts, len(text)]
-                pieces = [text[a:b] for a, b in zip(bounds, bounds[1:]) if a < b]
-                self._counts.update(zip(pieces, self._count_many(pieces)))
+                pieces = [text[a:b] for a, b in itertools.pairwise(bounds) if a < b]
+                self._counts.update(zip(pieces, self._count_many(pieces), strict=True))
                 return
 
     def _count_many(self, texts: list[str]) -> list[int]:

@@ -35,11 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser("ingest", help="load, chunk, embed and store files")
     ingest.add_argument("paths", nargs="+", metavar="PATH")
-    ingest.add_argument("--sync", action="store_true", help="also remove what was ingested from under PATH and is gone now")
+    ingest.add_argument("--sync", action="store_true",
+                        help="also remove what was ingested from under PATH and is gone now")
     ingest.add_argument("--allow-failures", action="store_true", help="exit 0 even when some files failed")
     ingest.add_argument("--no-wait", action="store_true", help="fail at once if another ingest holds the store")
     ingest.add_argument("--engine", choices=["local", "ray"],
-                        help='where the work runs (ingest.engine): here, or on Ray (needs store.url and pip install -e ".[ray]")')
+                        help="where the work runs (ingest.engine): here, or on Ray "
+                             '(needs store.url and pip install -e ".[ray]")')
     ingest.add_argument("--ray-address", metavar="ADDRESS",
                         help="with --engine ray: auto (a cluster started with `ray start`) or ray://HOST:PORT "
                              "(default: a Ray started on this machine)")

@@ -394,7 +394,8 @@ def _read_jsonl(path: Path, what: str) -> Iterator[tuple[int, dict]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{lineno}: invalid JSON ({exc.msg}); each line must be one JSON object") from None
+                raise ConfigError(
+                    f"{path}:{lineno}: invalid JSON ({exc.msg}); each line must be one JSON object") from None
             if not isinstance(obj, dict):
                 raise ConfigError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj
@@ -458,8 +459,8 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
     first = True
     with _open_text(path, "qrels") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            line = line.strip()
+        for lineno, raw in enumerate(fh, start=1):
+            line = raw.strip()
             if not line:
                 continue
             parts = [p.strip() for p in line.split("\t")] if "\t" in line else line.split()

@@ -203,8 +203,8 @@ def _coverage(paragraph: tuple[int, int], spans: list[tuple[int, int]]) -> float
     start, end = paragraph
     covered = 0
     cursor = start
-    for span_start, span_end in sorted(spans):
-        span_start, span_end = max(span_start, cursor), min(span_end, end)
+    for first, last in sorted(spans):
+        span_start, span_end = max(first, cursor), min(last, end)
         if span_end > span_start:
             covered += span_end - span_start
             cursor = span_end
@@ -362,8 +362,8 @@ def read_questions(path: str | Path) -> list[dict[str, str]]:
     except OSError as exc:
         raise ConfigError(f"run.questions: cannot read {path} ({exc.strerror or exc})") from None
     questions = []
-    for number, line in enumerate(lines, start=1):
-        line = line.strip()
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
         if not line:
             continue
         if line.startswith("{"):

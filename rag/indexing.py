@@ -16,6 +16,7 @@ the stages (``IngestStages``) as plain callables and objects, so this module imp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import sys
@@ -179,10 +180,8 @@ def _ahead(make: Callable[[], Iterator[Any]], depth: int = 16) -> Iterator[Any]:
     finally:
         stop.set()
         while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
+            with contextlib.suppress(queue.Empty):
                 ready.get(timeout=0.1)
-            except queue.Empty:
-                pass
 
 
 @dataclass

@@ -185,7 +185,7 @@ def color_groups(points: MapPoints, color_by: str) -> tuple[list[int], list[dict
     named = ordered if len(ordered) <= len(PALETTE) else ordered[: len(PALETTE) - 1]
     labels = _source_labels(named) if color_by == "source" else named
     groups = [{"label": label, "color": PALETTE[i], "count": counts[name]}
-              for i, (name, label) in enumerate(zip(named, labels))]
+              for i, (name, label) in enumerate(zip(named, labels, strict=True))]
     index = {name: i for i, name in enumerate(named)}
     if len(named) < len(ordered):
         groups.append({"label": f"other ({len(ordered) - len(named)} groups)", "color": OTHER_COLOR,

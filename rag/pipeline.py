@@ -82,7 +82,8 @@ class Pipeline:
     @property
     def chunker(self) -> Chunker:
         return self._stage("chunker", lambda: Chunker(
-            self.embedder.tokenizer, **self.settings.chunking.model_dump(), max_tokens=self.embedder.max_content_tokens))
+            self.embedder.tokenizer, **self.settings.chunking.model_dump(),
+            max_tokens=self.embedder.max_content_tokens))
 
     @property
     def store(self) -> Store:
@@ -259,10 +260,7 @@ class Pipeline:
         server request's ``max_tokens``."""
         timings: dict[str, float] = {}
         clock = time.perf_counter()
-        if hits is None:
-            hits = self.search(question, k, mode=mode, where=where)
-        else:
-            hits = list(hits)
+        hits = self.search(question, k, mode=mode, where=where) if hits is None else list(hits)
         timings["retrieval"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -307,7 +305,8 @@ class Pipeline:
         if chunk_id is not None:
             found = store.get([chunk_id], embeddings=True)
             if not found:
-                raise StoreError(f"no chunk {chunk_id!r} in {store.location}; `rag search QUERY --json` shows chunk ids")
+                raise StoreError(
+                    f"no chunk {chunk_id!r} in {store.location}; `rag search QUERY --json` shows chunk ids")
             vector = found[0][1]
         else:
             if not text.strip():

@@ -17,12 +17,18 @@ from rag.loaders.base import Part
 from rag.loaders.text import decode_with_encoding
 
 # Chrome, scripts and invisible parts of a page: never the content a reader came for.
-_DROP = frozenset(["script", "style", "noscript", "nav", "aside", "form", "template", "svg", "head", "iframe", "object", "canvas"])
+_DROP = frozenset([
+    "script", "style", "noscript", "nav", "aside", "form", "template", "svg", "head", "iframe", "object", "canvas"
+])
 # <header>/<footer> are page chrome (banner, contentinfo) only outside these; inside an article they
 # hold its title and byline, which are content.
 _SECTIONING = frozenset(["main", "article", "section"])
 _BLOCK = frozenset(
-    ["address", "article", "blockquote", "body", "caption", "center", "dd", "details", "dialog", "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "header", "hr", "html", "legend", "main", "p", "section", "summary", "tbody", "tfoot", "thead"]
+    [
+        "address", "article", "blockquote", "body", "caption", "center", "dd", "details", "dialog", "div", "dl",
+        "dt", "fieldset", "figcaption", "figure", "footer", "header", "hr", "html", "legend", "main", "p",
+        "section", "summary", "tbody", "tfoot", "thead"
+    ]
 )
 _PARAGRAPH = frozenset(["p", "blockquote", "figure", "table", "pre", "dl"])
 _HEADINGS = {f"h{level}": level for level in range(1, 7)}

@@ -247,11 +247,10 @@ def load_pptx(path: Path, data: bytes, **_options: object) -> list[Part]:
     parts = []
     for number, slide in enumerate(presentation.slides, start=1):
         blocks, slide_title = [], ""
-        for text, is_title in _shape_lines(slide.shapes):
+        for line, is_title in _shape_lines(slide.shapes):
             if is_title:
-                slide_title = slide_title or one_line(text, limit=None)
-                text = f"# {one_line(text, limit=None)}"
-            blocks.append(text)
+                slide_title = slide_title or one_line(line, limit=None)
+            blocks.append(f"# {one_line(line, limit=None)}" if is_title else line)
         if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
             notes = slide.notes_slide.notes_text_frame.text.strip()
             if notes:

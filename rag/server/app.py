@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -487,7 +487,7 @@ def create_app(pipeline: Pipeline, *, api_key: str | None = None) -> FastAPI:
         if len(texts) > MAX_EMBEDDING_INPUTS:
             raise APIError(400, f"input: at most {MAX_EMBEDDING_INPUTS} texts per request", param="input")
         lengths = [len(ids) for ids in embedder.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
-        for i, (text, n) in enumerate(zip(texts, lengths)):
+        for i, (text, n) in enumerate(zip(texts, lengths, strict=True)):
             if not text.strip():
                 raise APIError(400, f"input[{i}] is empty", param="input")
             if n > embedder.max_length:
@@ -552,10 +552,8 @@ def create_app(pipeline: Pipeline, *, api_key: str | None = None) -> FastAPI:
     def delete_document(source: str = Query(..., min_length=1)) -> dict[str, Any]:
         candidates = [source]
         if not source.startswith("/"):
-            try:
+            with suppress(APIError):
                 candidates.append(str(server.upload_path(source)))
-            except APIError:
-                pass
         report = pipeline.remove(candidates)
         if not report.removed:
             raise APIError(404, f"no document with source {source!r} in the store; /search shows each hit's source",
@@ -588,7 +586,7 @@ async def _ingest_uploads(server: Server, request: Request) -> IngestJob:
         raise APIError(400, "no files in the upload: send them in the form field 'files'", param="files")
     targets = [server.upload_path(item.filename) for item in files]  # every name checked before any is saved
     uploaded: dict[Path, Path | None] = {}
-    for item, target in zip(files, targets):
+    for item, target in zip(files, targets, strict=True):
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.upload-{uuid.uuid4().hex[:8]}")
         with open(partial, "wb") as out:

@@ -200,7 +200,7 @@ class LexicalIndex:
         kept only when every item has it."""
         texts, metadatas = _split(items)
         self._tokenizer = self._new_tokenizer()  # a fresh vocabulary forgets unused terms
-        self._docs = dict(zip(texts, self._tokenize(list(texts.values()))))
+        self._docs = dict(zip(texts, self._tokenize(list(texts.values())), strict=True))
         self._flat = None
         self._reindex()
         self._table = MetadataTable.build([metadatas[cid] for cid in self._order]) if metadatas is not None else None
@@ -224,7 +224,7 @@ class LexicalIndex:
             before = self._pos
             for cid in gone:
                 del docs[cid]
-            docs.update(zip(texts, self._tokenize(list(texts.values()))))
+            docs.update(zip(texts, self._tokenize(list(texts.values())), strict=True))
             self._reindex()
             if self._table is not None and metadatas is not None:
                 source = np.fromiter((-1 if cid in texts else before[cid] for cid in self._order),

@@ -184,7 +184,7 @@ class Store:
     def iter_metadata(self, where: dict | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """(id, metadata) of every chunk (matching ``where``)."""
         for got in self._pages(["metadatas"], where):
-            for chunk_id, metadata in zip(got["ids"], got["metadatas"]):
+            for chunk_id, metadata in zip(got["ids"], got["metadatas"], strict=True):
                 yield chunk_id, metadata or {}
 
     def iter_texts(self, *, metadata: bool = False) -> Iterator[tuple[str, str] | tuple[str, str, dict[str, Any]]]:
@@ -192,10 +192,10 @@ class Store:
         index from the source of truth."""
         if not metadata:
             for got in self._pages(["documents"]):
-                yield from zip(got["ids"], got["documents"])
+                yield from zip(got["ids"], got["documents"], strict=True)
             return
         for got in self._pages(["documents", "metadatas"]):
-            for chunk_id, text, stored in zip(got["ids"], got["documents"], got["metadatas"]):
+            for chunk_id, text, stored in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
                 yield chunk_id, text, stored or {}
 
     def get(self, ids: Sequence[str], *, embeddings: bool = False) -> list[tuple[Chunk, np.ndarray | None]]:
@@ -230,7 +230,7 @@ class Store:
                 np.asarray(vectors[i], dtype=np.float32) if vectors is not None else None,
             )
             for i, (chunk_id, text, metadata, distance) in enumerate(
-                zip(got["ids"][0], got["documents"][0], got["metadatas"][0], got["distances"][0])
+                zip(got["ids"][0], got["documents"][0], got["metadatas"][0], got["distances"][0], strict=True)
             )
         ]
 
@@ -248,7 +248,7 @@ class Store:
         if got is None:
             return []
         return [(chunk_id, _similarity(float(distance), self.space))
-                for chunk_id, distance in zip(got["ids"][0], got["distances"][0])]
+                for chunk_id, distance in zip(got["ids"][0], got["distances"][0], strict=True)]
 
     def _query(self, vector: np.ndarray, k: int, where: dict | None, ids: Sequence[str] | None,
                include: list[str]) -> dict[str, Any] | None:
@@ -374,15 +374,16 @@ def chroma_where(where: dict | None) -> dict | None:
 def storable(metadata: dict[Any, Any]) -> dict[str, str | int | float | bool]:
     """Metadata as Chroma stores it: None dropped, scalars kept, dates in ISO form, numbers past
     int64 and non-finite floats as text, anything else (lists, mappings) as JSON."""
-    stored: dict[str, str | int | float | bool] = {}
-    for key, value in metadata.items():
-        if value is None:
-            continue
-        if (isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64) or (isinstance(value, float) and not math.isfinite(value)):
-            value = str(value)
-        elif isinstance(value, dt.date | dt.time):
-            value = value.isoformat()
-        elif not isinstance(value, bool | str | int | float):
-            value = json.dumps(value, default=str, ensure_ascii=False)
-        stored[str(key)] = value
-    return stored
+    return {str(key): _storable_value(value) for key, value in metadata.items() if value is not None}
+
+
+def _storable_value(value: Any) -> str | int | float | bool:
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return value if -_INT64 <= value < _INT64 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    return json.dumps(value, default=str, ensure_ascii=False)

@@ -114,7 +114,7 @@ class MetadataTable:
         at_field: list[int] = []
         at_row: list[int] = []
         at_code: list[int] = []
-        for row, metadata in zip(fresh.tolist(), added):
+        for row, metadata in zip(fresh.tolist(), added, strict=True):
             for key, value in (metadata or {}).items():
                 if not _scalar(value):
                     opaque.add(str(key))
@@ -273,7 +273,7 @@ def _compact(fields: list[str], values: list[list[Any]], codes: np.ndarray) -> t
         if not used.all():
             renumber = np.cumsum(used, dtype=np.int32) - 1
             codes[f] = np.where(column >= 0, renumber[column], -1)
-            values[f] = [v for v, u in zip(values[f], used.tolist()) if u]
+            values[f] = [v for v, u in zip(values[f], used.tolist(), strict=True) if u]
         keep_fields.append(f)
     if len(keep_fields) == len(fields):
         return fields, values, codes
