@@ -38,6 +38,7 @@ import Stemmer
 from bm25s.tokenization import Tokenizer
 
 from rag.errors import ConfigError, StoreError
+from rag.files import atomic_file, fsync_folder
 from rag.stores.filters import MetadataTable, canonical_where
 from rag.text import log
 from rag.types import LexicalItem, VectorStore
@@ -428,18 +429,15 @@ class LexicalIndex:
             "files": files,
         }
         self._write(MANIFEST, _json(manifest))
-        _fsync(self.folder)
+        fsync_folder(self.folder)
         self._files = files
         self._remove_unused({name for name in files.values() if name} | {MANIFEST})
 
     def _write(self, name: str, write: Callable[[IO[bytes]], Any]) -> None:
-        """Write a temporary file, fsync it, then atomically move it to ``name``."""
-        tmp = self.folder / f"{_TMP}{name}"
-        with open(tmp, "wb") as f:
+        """One file of the index, complete on disk before it takes its name (the folder is synced
+        once, after the manifest)."""
+        with atomic_file(self.folder / name, partial=f"{_TMP}{name}", sync_folder=False) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.folder / name)
 
     def _write_bm25s(self, name: str) -> None:
         """bm25s's own save into a temporary folder, fsynced, then moved into place."""
@@ -449,7 +447,7 @@ class LexicalIndex:
         for path in tmp.iterdir():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-        _fsync(tmp)
+        fsync_folder(tmp)
         os.replace(tmp, self.folder / name)
 
     def _remove_unused(self, keep: set[str]) -> None:
@@ -492,20 +490,6 @@ def _make_stemmer(name: str | None) -> Any:
 
 def _json(value: Any) -> Callable[[IO[bytes]], Any]:
     return lambda f: f.write(json.dumps(value).encode("ascii"))
-
-
-def _fsync(folder: Path) -> None:
-    """Make renames in ``folder`` durable (not possible on Windows, where it is skipped)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _check(

@@ -1,43 +1,32 @@
-"""Whole jobs over a Pipeline: `rag run` (ingest, then answer a questions file) and `rag eval`
-(retrieval on BEIR-format data, question answering on SQuAD-format data).
+"""`rag eval`: retrieval on BEIR-format data and question answering on SQuAD-format data, run
+through a Pipeline.
 
 Evaluation goes through the same ingest and search path users run, so what it measures is what they
 get. Each evaluation corpus lives in a collection of its own (``eval-`` + a hash of the corpus path)
 inside the configured store, so it never mixes with the user's documents and a second run over the
-same corpus embeds nothing. Metric definitions are in ``rag.evaluation``.
+same corpus embeds nothing. Metric definitions are in ``rag.evaluation.metrics``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rag import evaluation
-from rag.config import dump_settings
 from rag.errors import ConfigError
+from rag.evaluation import report
 from rag.pipeline import Pipeline
 from rag.text import log
 from rag.types import MODES, Chunk, Document, Hit
 
 
-def _eval_pipeline(pipeline: Pipeline, dataset: str | Path) -> Pipeline:
+def eval_pipeline(pipeline: Pipeline, dataset: str | Path) -> Pipeline:
     """The pipeline over the dataset's own collection: evaluations never touch the user's."""
     digest = hashlib.sha256(str(Path(dataset).resolve()).encode()).hexdigest()[:12]
     return pipeline.for_collection(f"eval-{digest}")
-
-
-def _write_atomic(path: Path, content: str | bytes) -> None:
-    """Readers never see a half-written file: write beside it, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
-    os.replace(partial, path)
 
 
 def _timed_search(pipeline: Pipeline, query: str, k: int, mode: str | None) -> tuple[list, float]:
@@ -63,7 +52,7 @@ def evaluate_retrieval(pipeline: Pipeline, corpus: str | Path, queries: str | Pa
     started = time.perf_counter()
     query_texts = evaluation.read_beir_queries(queries)
     judgements = evaluation.read_qrels(qrels)
-    pipeline = _eval_pipeline(pipeline, corpus)
+    pipeline = eval_pipeline(pipeline, corpus)
     corpus_path = str(Path(corpus).resolve())
 
     def documents() -> Iterator[Document]:
@@ -101,7 +90,7 @@ def evaluate_retrieval(pipeline: Pipeline, corpus: str | Path, queries: str | Pa
         result.update(_compare_modes(Path(out), runs, judgements, depth))
         result["seconds"] = time.perf_counter() - started
         rows = [{"query_id": q, **per_query.get(q, {}), "top": list(run[q])[:10]} for q in judged]
-        _write_outputs(Path(out), pipeline, result, rows)
+        report.write_outputs(Path(out), pipeline.settings, result, rows)
     return result
 
 
@@ -109,11 +98,11 @@ def _compare_modes(out: Path, runs: dict[str, dict[str, dict[str, float]]], judg
                    depth: int) -> dict[str, Any]:
     """Every mode's metrics, on how many queries hybrid beats dense, and the pictures of both."""
     by_mode = {m: evaluation.retrieval_metrics(r, judgements) for m, r in runs.items()}
-    outcomes = evaluation.paired_outcomes(by_mode["dense"][1], by_mode["hybrid"][1], COMPARED)
+    outcomes = evaluation.paired_outcomes(by_mode["dense"][1], by_mode["hybrid"][1], report.COMPARED)
     curves = {m: evaluation.recall_curve(r, judgements, range(1, depth + 1)) for m, r in runs.items()}
-    pictures = _draw_pictures(out, curves, {m: per_query for m, (_, per_query) in by_mode.items()}, outcomes)
+    pictures = report.draw_pictures(out, curves, {m: per_query for m, (_, per_query) in by_mode.items()}, outcomes)
     return {"modes": {m: means for m, (means, _) in by_mode.items()},
-            "hybrid_vs_dense": {"metric": COMPARED, **outcomes}, "pictures": pictures}
+            "hybrid_vs_dense": {"metric": report.COMPARED, **outcomes}, "pictures": pictures}
 
 
 def _document_run(pipeline: Pipeline, questions: dict[str, str], mode: str,
@@ -131,69 +120,6 @@ def _document_run(pipeline: Pipeline, questions: dict[str, str], mode: str,
             scores[doc_id] = max(scores.get(doc_id, float("-inf")), hit.score)
         run[query_id] = dict(sorted(scores.items(), key=lambda item: -item[1])[:depth])
     return run, latencies
-
-
-COMPARED = "ndcg@10"  # the per-query metric on which hybrid is set against dense
-# Picture file -> size in pixels (width, height): a figure of (width / DPI, height / DPI) inches.
-PICTURES = {"recall_at_k.png": (800, 500), "hybrid_vs_dense.png": (1000, 450)}
-DPI = 100
-
-
-def _draw_pictures(out: Path, curves: dict[str, list[float]], per_query: dict[str, dict[str, dict[str, float]]],
-                   outcomes: dict[str, int]) -> list[str]:
-    """Recall@k against k for each mode, and hybrid's per-query score against dense's; the file names
-    written (none when matplotlib, an optional extra, is missing)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        log('report without pictures: matplotlib is not installed (pip install -e ".[map]" adds them)')
-        return []
-
-    def figure(name: str) -> Figure:
-        width, height = PICTURES[name]
-        fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
-        FigureCanvasAgg(fig)  # drawn off screen, without pyplot's global state
-        return fig
-
-    def save(fig: Figure, name: str) -> None:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=DPI)
-        _write_atomic(out / name, buffer.getvalue())
-
-    fig = figure("recall_at_k.png")
-    ax = fig.subplots()
-    for mode, curve in curves.items():
-        ax.plot(range(1, len(curve) + 1), curve, label=f"{mode} (recall@{len(curve)} {curve[-1]:.3f})")
-    ax.set(xscale="log", xlabel="k (documents retrieved)", ylabel="mean recall@k", ylim=(0, 1.02),
-           title="Recall at depth k, by retrieval mode")
-    ax.xaxis.set_major_formatter("{x:g}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
-    save(fig, "recall_at_k.png")
-
-    dense, hybrid = per_query["dense"], per_query["hybrid"]
-    pairs = sorted((dense[q][COMPARED], hybrid[q][COMPARED]) for q in dense.keys() & hybrid.keys())
-    colours = {"better": "tab:green", "worse": "tab:red", "equal": "tab:gray"}
-    fig = figure("hybrid_vs_dense.png")
-    scatter, spread = fig.subplots(1, 2)
-    scatter.scatter([a for a, _ in pairs], [b for _, b in pairs], s=14, alpha=0.6,
-                    c=[colours[evaluation.outcome(a, b)] for a, b in pairs])
-    scatter.plot([0, 1], [0, 1], color="black", linewidth=0.8)
-    scatter.set(xlabel=f"dense {COMPARED}", ylabel=f"hybrid {COMPARED}", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
-                aspect="equal", title="one point per query")
-    pairs.sort(key=lambda pair: pair[1] - pair[0])
-    spread.bar(range(len(pairs)), [b - a for a, b in pairs], width=1.0,
-               color=[colours[evaluation.outcome(a, b)] for a, b in pairs])
-    spread.axhline(0, color="black", linewidth=0.8)
-    spread.set(xlabel="queries, sorted by the difference", ylabel=f"hybrid - dense {COMPARED}",
-               xlim=(-0.5, len(pairs) - 0.5), ylim=(-1.05, 1.05), title="per-query difference")
-    spread.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(f"Hybrid against dense: fusion helps {outcomes['better']} queries, hurts {outcomes['worse']}, "
-                 f"leaves {outcomes['equal']} equal")
-    save(fig, "hybrid_vs_dense.png")
-    return list(PICTURES)
 
 
 # -- rag eval qa -------------------------------------------------------------------------------------
@@ -228,7 +154,7 @@ def evaluate_qa(pipeline: Pipeline, squad: str | Path, *, k: int = 10, mode: str
     articles, questions = evaluation.read_squad(squad)
     if limit:
         questions = questions[:limit]
-    pipeline = _eval_pipeline(pipeline, squad)
+    pipeline = eval_pipeline(pipeline, squad)
     squad_path = str(Path(squad).resolve())
     article_text = {title: text for title, text in articles}
     documents = [
@@ -300,105 +226,7 @@ def evaluate_qa(pipeline: Pipeline, squad: str | Path, *, k: int = 10, mode: str
         "config": pipeline.settings.model_dump(mode="json", exclude={"store": {"token"}}),
     }
     if out:
-        _write_outputs(Path(out), pipeline, result, rows)
+        report.write_outputs(Path(out), pipeline.settings, result, rows)
     return result
 
 
-def _write_outputs(out: Path, pipeline: Pipeline, result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    _write_atomic(out / "per_query.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    _write_atomic(out / "config.yaml", dump_settings(pipeline.settings))
-    _write_atomic(out / "report.md", format_result(result, markdown=True))
-    _write_atomic(out / "metrics.json", json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
-
-
-def format_result(result: dict[str, Any], *, markdown: bool = False) -> str:
-    """Metrics as an aligned table (plain text for the terminal, Markdown for reports)."""
-    title = f"{result['task']} evaluation, mode {result['mode']}"
-    count = result.get("queries", result.get("questions"))
-    lines = [f"# {title}", "", f"{count} queries; {result['seconds']:.1f} s in all", ""] if markdown else [
-        f"{title}: {count} queries, {result['seconds']:.1f} s"]
-    rows = [(name, f"{value:.4f}") for name, value in result["metrics"].items()]
-    for key in ("latency_ms", "answer_latency_ms"):
-        if result.get(key):
-            rows += [(f"{key.removesuffix('_ms')} {p} (ms)", f"{v:.1f}") for p, v in result[key].items()]
-    if markdown:
-        lines += ["| metric | value |", "| --- | --- |"] + [f"| {n} | {v} |" for n, v in rows]
-    else:
-        width = max(len(n) for n, _ in rows)
-        lines += [f"  {n:<{width}}  {v}" for n, v in rows]
-    if result.get("modes"):
-        lines += _format_modes(result, markdown)
-    return "\n".join(lines) + "\n"
-
-
-def _format_modes(result: dict[str, Any], markdown: bool) -> list[str]:
-    """The same metrics for every mode side by side, how hybrid fares against dense, the pictures."""
-    modes = result["modes"]
-    names = list(next(iter(modes.values())))
-    outcomes = result["hybrid_vs_dense"]
-    verdict = (f"hybrid against dense on {COMPARED}: fusion helps {outcomes['better']} queries, "
-               f"hurts {outcomes['worse']}, leaves {outcomes['equal']} equal")
-    if not markdown:
-        width = max(len(n) for n in names)
-        return (["by mode:", f"  {'':<{width}}" + "".join(f"  {m:>8}" for m in modes)]
-                + [f"  {n:<{width}}" + "".join(f"  {modes[m][n]:>8.4f}" for m in modes) for n in names]
-                + [verdict])
-    lines = ["", "## By mode", "", "| metric | " + " | ".join(modes) + " |", "| --- |" + " --- |" * len(modes)]
-    lines += [f"| {n} | " + " | ".join(f"{modes[m][n]:.4f}" for m in modes) + " |" for n in names]
-    lines += ["", verdict[0].upper() + verdict[1:] + ".", ""]
-    if result.get("pictures"):
-        lines += [f"![{name.removesuffix('.png').replace('_', ' ')}]({name})" for name in result["pictures"]]
-    else:
-        lines += ['No pictures: matplotlib is not installed (`pip install -e ".[map]"` adds them).']
-    return lines
-
-
-# -- rag run -----------------------------------------------------------------------------------------
-
-def read_questions(path: str | Path) -> list[dict[str, str]]:
-    """One question per line, or JSONL objects with ``question`` and an optional ``id``."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"run.questions: cannot read {path} ({exc.strerror or exc})") from None
-    questions = []
-    for number, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        if line.startswith("{"):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or not str(record.get("question", "")).strip():
-                raise ConfigError(f"{path}:{number}: a JSON line needs a non-empty \"question\"")
-            questions.append({"id": str(record.get("id", len(questions) + 1)), "question": str(record["question"])})
-        else:
-            questions.append({"id": str(len(questions) + 1), "question": line})
-    if not questions:
-        raise ConfigError(f"run.questions: {path} holds no questions")
-    return questions
-
-
-def run_job(pipeline: Pipeline) -> dict[str, Any]:
-    """Ingest ``run.inputs``, answer every question in ``run.questions``, write the answers as JSONL
-    next to a copy of the effective config. Files appear only once complete."""
-    settings = pipeline.settings.run
-    if not settings.questions:
-        raise ConfigError("run.questions: not set; name a questions file (one per line, or JSONL)")
-    questions = read_questions(settings.questions)
-    report = pipeline.ingest(settings.inputs) if settings.inputs else None
-    if report:
-        log(report.summary())
-    out = Path(settings.output)
-    rows = []
-    for item in questions:
-        answer = pipeline.ask(item["question"])
-        rows.append({"id": item["id"], "question": item["question"], **answer.to_dict()})
-        log(f"answered {len(rows)}/{len(questions)}")
-    answers_path, config_path = out / "answers.jsonl", out / "config.yaml"
-    _write_atomic(config_path, dump_settings(pipeline.settings))
-    _write_atomic(answers_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return {"questions": len(rows), "answers": str(answers_path), "config": str(config_path),
-            "ingest": report.as_dict() if report else None}
