@@ -40,8 +40,8 @@ def _common(parser: argparse.ArgumentParser, *, json_flag: bool = True, k: str |
 
 
 def _command(subparsers: Commands, name: str, run: Callable[[argparse.Namespace], int],
-             **options: str) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(name, **options)
+             help: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help)
     parser.set_defaults(run=run)
     return parser
 

@@ -73,11 +73,11 @@ class MapPoints:
     @classmethod
     def from_chunks(cls, pairs: Sequence[tuple[Chunk, np.ndarray | None]]) -> MapPoints:
         """From what ``VectorStore.get(ids, embeddings=True)`` returns."""
-        pairs = [(chunk, vector) for chunk, vector in pairs if vector is not None]
-        dimension = len(pairs[0][1]) if pairs else 0
-        return cls(ids=[chunk.id for chunk, _ in pairs],
-                   vectors=np.array([vector for _, vector in pairs], dtype=np.float32).reshape(len(pairs), dimension),
-                   texts=[chunk.text for chunk, _ in pairs], metadatas=[chunk.metadata for chunk, _ in pairs])
+        kept = [(chunk, vector) for chunk, vector in pairs if vector is not None]
+        dimension = len(kept[0][1]) if kept else 0
+        return cls(ids=[chunk.id for chunk, _ in kept],
+                   vectors=np.array([vector for _, vector in kept], dtype=np.float32).reshape(len(kept), dimension),
+                   texts=[chunk.text for chunk, _ in kept], metadatas=[chunk.metadata for chunk, _ in kept])
 
 
 # -- options, checked before anything is read ----------------------------------------------------------

@@ -127,7 +127,7 @@ class PromptBuilder:
         sources = [_source_dict(i, hit, escape) for i, hit in enumerate(hits, start=1)]
         return self._render(escape(question), sources, _history(history, escape))
 
-    def _render(self, question: str, sources: list[dict[str, Any]], history: list[dict[str, str]] = ()) -> str:
+    def _render(self, question: str, sources: list[dict[str, Any]], history: Sequence[dict[str, str]] = ()) -> str:
         try:
             return self.template.render(question=question, sources=sources, config=self.variables,
                                         history=list(history))

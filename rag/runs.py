@@ -20,7 +20,7 @@ def read_questions(path: str | Path) -> list[dict[str, str]]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"run.questions: cannot read {path} ({exc.strerror or exc})") from None
-    questions = []
+    questions: list[dict[str, str]] = []
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line:
