@@ -155,71 +155,23 @@ def evaluate_qa(pipeline: Pipeline, squad: str | Path, *, k: int = 10, mode: str
     if limit:
         questions = questions[:limit]
     pipeline = eval_pipeline(pipeline, squad)
-    squad_path = str(Path(squad).resolve())
-    article_text = {title: text for title, text in articles}
-    documents = [
-        Document(id=f"{squad_path}#{title}", text=text, metadata={
-            "source": f"{squad_path}#{title}", "title": title, "format": "squad",
-            "content_hash": hashlib.sha256(text.encode()).hexdigest(),
-        })
-        for title, text in articles
-    ]
-    ingest = pipeline.ingest_documents(documents)
+    source = str(Path(squad).resolve())
+    ingest = pipeline.ingest_documents(_squad_documents(source, articles))
     log(f"corpus: {ingest.summary()}")
     mode = mode or pipeline.settings.retrieval.mode
     ks = sorted({x for x in (1, 5, 10, k) if x <= k})
-    found = {x: 0 for x in ks}
-    coverage = {x: 0.0 for x in ks}
-    latencies: list[float] = []
-    em = f1 = 0.0
-    answer_seconds: list[float] = []
-    rows = []
-    for question in questions:
-        hits, seconds = _timed_search(pipeline, question.question, k, mode)
-        latencies.append(seconds)
-        first = next((h.rank for h in hits if evaluation.answer_in_text(question.answers, h.chunk.text)), None)
-        text = article_text.get(question.title, "")
-        offset = text.find(question.context)
-        paragraph = (offset, offset + len(question.context)) if offset >= 0 else (0, 0)
-        row: dict[str, Any] = {"id": question.id, "question": question.question, "answer_rank": first}
-        for x in ks:
-            found[x] += int(first is not None and first <= x)
-            spans = [(h.chunk.start, h.chunk.end) for h in hits[:x]
-                     if h.chunk.metadata.get("title") == question.title]
-            covered = _coverage(paragraph, spans) if offset >= 0 else 0.0
-            coverage[x] += covered
-            row[f"coverage@{x}"] = covered
-        if generate:
-            clock = time.perf_counter()
-            given = None
-            if context == "none":
-                given = []
-            elif context == "gold":
-                gold = Chunk(id=question.id, document_id=f"{squad_path}#{question.title}", text=question.context,
-                             start=paragraph[0], end=paragraph[1],
-                             metadata={"source": f"{squad_path}#{question.title}", "title": question.title})
-                given = [Hit(chunk=gold, score=1.0, rank=1)]
-            answer = pipeline.ask(question.question, k, hits=given)
-            answer_seconds.append(time.perf_counter() - clock)
-            row.update(prediction=answer.text, prompt_has_gold=question.context in answer.prompt,
-                       em=evaluation.exact_match(answer.text, question.answers),
-                       f1=evaluation.token_f1(answer.text, question.answers))
-            em += row["em"]
-            f1 += row["f1"]
-        rows.append(row)
-    n = max(1, len(questions))
-    metrics = {f"answer_recall@{x}": found[x] / n for x in ks}
-    metrics.update({f"paragraph_coverage@{x}": coverage[x] / n for x in ks})
-    if generate:
-        metrics.update(exact_match=em / n, f1=f1 / n)
+    article_text = dict(articles)
+    rows = [_qa_row(pipeline, question, article_text.get(question.title, ""), f"{source}#{question.title}",
+                    k=k, ks=ks, mode=mode, context=context if generate else None)
+            for question in questions]
     result = {
         "task": "qa",
         "squad": str(squad),
         "mode": mode,
         "questions": len(questions),
-        "metrics": metrics,
-        "latency_ms": _latency(latencies),
-        "answer_latency_ms": _latency(answer_seconds) if generate else None,
+        "metrics": _qa_metrics(rows, ks, generate),
+        "latency_ms": _latency([row["search_ms"] / 1000 for row in rows]),
+        "answer_latency_ms": _latency([row["answer_ms"] / 1000 for row in rows]) if generate else None,
         "context": context if generate else None,
         "ingest": ingest.as_dict(),
         "seconds": time.perf_counter() - started,
@@ -228,5 +180,54 @@ def evaluate_qa(pipeline: Pipeline, squad: str | Path, *, k: int = 10, mode: str
     if out:
         report.write_outputs(Path(out), pipeline.settings, result, rows)
     return result
+
+
+def _squad_documents(source: str, articles: list[tuple[str, str]]) -> list[Document]:
+    """One document per article, named by the file and the article's title."""
+    return [Document(id=f"{source}#{title}", text=text, metadata={
+                "source": f"{source}#{title}", "title": title, "format": "squad",
+                "content_hash": hashlib.sha256(text.encode()).hexdigest()})
+            for title, text in articles]
+
+
+def _qa_row(pipeline: Pipeline, question: evaluation.SquadQuestion, article: str, document: str, *, k: int,
+            ks: list[int], mode: str, context: str | None) -> dict[str, Any]:
+    """One question: where the answer first occurs in the retrieved chunks, how much of the gold
+    paragraph they cover, and (with a ``context`` to answer from) the generated answer's scores."""
+    hits, seconds = _timed_search(pipeline, question.question, k, mode)
+    first = next((h.rank for h in hits if evaluation.answer_in_text(question.answers, h.chunk.text)), None)
+    offset = article.find(question.context)
+    paragraph = (offset, offset + len(question.context)) if offset >= 0 else (0, 0)
+    row: dict[str, Any] = {"id": question.id, "question": question.question, "answer_rank": first,
+                           "search_ms": 1000 * seconds}
+    for x in ks:
+        spans = [(h.chunk.start, h.chunk.end) for h in hits[:x] if h.chunk.metadata.get("title") == question.title]
+        row[f"coverage@{x}"] = _coverage(paragraph, spans) if offset >= 0 else 0.0
+    if context is None:
+        return row
+    given: list[Hit] | None = None  # retrieved
+    if context == "none":
+        given = []
+    elif context == "gold":
+        gold = Chunk(id=question.id, document_id=document, text=question.context, start=paragraph[0],
+                     end=paragraph[1], metadata={"source": document, "title": question.title})
+        given = [Hit(chunk=gold, score=1.0, rank=1)]
+    clock = time.perf_counter()
+    answer = pipeline.ask(question.question, k, hits=given)
+    row.update(prediction=answer.text, prompt_has_gold=question.context in answer.prompt,
+               em=evaluation.exact_match(answer.text, question.answers),
+               f1=evaluation.token_f1(answer.text, question.answers),
+               answer_ms=1000 * (time.perf_counter() - clock))
+    return row
+
+
+def _qa_metrics(rows: list[dict[str, Any]], ks: list[int], generate: bool) -> dict[str, float]:
+    n = max(1, len(rows))
+    metrics = {f"answer_recall@{x}": sum(r["answer_rank"] is not None and r["answer_rank"] <= x for r in rows) / n
+               for x in ks}
+    metrics.update({f"paragraph_coverage@{x}": sum(r[f"coverage@{x}"] for r in rows) / n for x in ks})
+    if generate:
+        metrics.update(exact_match=sum(r["em"] for r in rows) / n, f1=sum(r["f1"] for r in rows) / n)
+    return metrics
 
 
