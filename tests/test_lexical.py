@@ -125,7 +125,7 @@ def test_updates_match_a_fresh_rebuild(tmp_path):
     final = dict(DOCS) | {"f": "lazy lava", "a": "dog days of summer"}
     del final["b"]
     fresh = build(tmp_path / "fresh", list(final.items()))
-    for query in QUERIES + ["lava", "summer dog"]:
+    for query in [*QUERIES, "lava", "summer dog"]:
         assert index.search(query, 10) == fresh.search(query, 10)
 
 
@@ -146,7 +146,7 @@ def test_round_trip(tmp_path):
         ix.update(upserts=[("g", "lazy garden gnome")], deletes=["a"], state="collection-v8")
     again = LexicalIndex(tmp_path / "bm25")
     assert again.load() and again.state == "collection-v8"
-    for query in QUERIES + ["gnome"]:
+    for query in [*QUERIES, "gnome"]:
         assert again.search(query, 10) == index.search(query, 10)
 
 
@@ -325,7 +325,7 @@ def test_metadata_survives_reload_and_updates_like_a_rebuild(tmp_path):
     fresh = build(tmp_path / "fresh", [(cid, text, meta) for cid, (text, meta) in final.items()])
     reloaded = LexicalIndex(tmp_path / "bm25")
     assert reloaded.load() and reloaded.has_metadata
-    for where in WHERES + [{"kind": "geology"}, {"n": {"$gte": 6}}]:
+    for where in [*WHERES, {"kind": "geology"}, {"n": {"$gte": 6}}]:
         assert selected(index, where) == selected(fresh, where) == selected(reloaded, where), where
     assert selected(reloaded, {"flag": True}) == {"a"}  # a's metadata is its new one, whole
     assert selected(reloaded, {"kind": "animal"}) == {"d"}

@@ -4,6 +4,7 @@ metadata, and folder walking. Everything but the shared format samples is built 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import datetime
 import hashlib
 import io
@@ -261,10 +262,8 @@ def test_mangled_files_raise_only_load_error(tmp_path: Path) -> None:
                 mangled[rng.randrange(len(mangled))] = rng.randrange(256)
             path = tmp_path / f"m{attempt}{suffix}"
             path.write_bytes(bytes(mangled))
-            try:
+            with contextlib.suppress(LoadError):
                 load_file(path)
-            except LoadError:
-                pass
 
 
 def test_missing_file_directory_and_size_limit(tmp_path: Path) -> None:
@@ -503,7 +502,7 @@ def test_iter_files_explicit_missing_and_unreadable(tree: Path, monkeypatch: pyt
     items = list(iter_files([tree / "c.bin", tree / "missing", tree / ".hidden.md"]))
     assert items[0] == tree / "c.bin" and items[2] == tree / ".hidden.md"
     assert isinstance(items[1], LoadError) and items[1].reason == "no such file or directory"
-    with pytest.raises(LoadError, match="unsupported file type .bin"):
+    with pytest.raises(LoadError, match=re.escape("unsupported file type .bin")):
         load_file(items[0])
 
     real_scandir = os.scandir
@@ -564,8 +563,9 @@ def _make_docx(path: Path) -> None:
     doc.add_paragraph("first bullet", style="List Bullet")
     doc.add_paragraph("second bullet", style="List Bullet")
     table = doc.add_table(rows=3, cols=2)
-    for row, values in zip(table.rows, [("Name", "Score"), ("Ada", "36")]):
-        for cell, value in zip(row.cells, values):
+    # strict=False: the third row is left for the merged cell below.
+    for row, values in zip(table.rows, [("Name", "Score"), ("Ada", "36")], strict=False):
+        for cell, value in zip(row.cells, values, strict=True):
             cell.text = value
     merged = table.cell(2, 0).merge(table.cell(2, 1))
     merged.text = "Merged across"
