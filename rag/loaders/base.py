@@ -71,3 +71,12 @@ def markdown_table(rows: list[list[str]]) -> str:
         if number == 0:
             lines.append("|" + " --- |" * width)
     return "\n".join(lines)
+
+
+def table_text(rows: list[list[str]]) -> str:
+    """A table found in a document: Markdown when it has a header and rows over two or more columns;
+    a one-column or one-row "table" (a box drawn around a note) as its lines."""
+    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    if len(rows) >= 2 and max(len(row) for row in rows) >= 2:
+        return markdown_table(rows)
+    return "\n".join(" | ".join(cell for cell in row if cell.strip()) for row in rows)
