@@ -10,13 +10,16 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rag.errors import ConfigError
 from rag.types import ChunkingStrategy, RetrievalMode, SimilaritySpace
+
+if TYPE_CHECKING:
+    from rag.loaders.ocr import OcrOptions
 
 
 class Section(BaseModel):
@@ -51,6 +54,28 @@ class LoadingSettings(Section):
     """The field of .json/.jsonl records that holds the text (dotted paths work: body.text)."""
     max_file_bytes: int = 50_000_000
     """Larger files are skipped with a reason."""
+    ocr: Literal["auto", "always", "never"] = "auto"
+    """auto: OCR only PDF pages whose text layer is missing or nearly empty (and pictures); always: every PDF page."""
+    ocr_languages: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+(/[A-Za-z0-9_]+)?$")]] = Field(
+        default=["eng"], min_length=1)
+    """Tesseract languages a page may be in (eng, kor, deu, chi_sim...), each needing its language pack."""
+    ocr_dpi: Annotated[int, Field(ge=50, le=1200)] | Literal["auto"] = "auto"
+    """Resolution pages are rendered at for OCR; auto: a scanned page's own, within 200-400 dpi (300 for drawings)."""
+    ocr_page_timeout: float = Field(default=120.0, gt=0)
+    """Seconds OCR may spend on one page; a page past it is skipped with a warning, the rest of the file kept."""
+    ocr_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    """Pages read at once, each by its own Tesseract process; auto: one per usable CPU core."""
+    ocr_max_pixels: int = Field(default=80_000_000, ge=1_000_000)
+    """Largest picture OCR decodes (pixels); a PDF page past it is rendered at a lower resolution."""
+
+    def ocr_options(self, *, progress: bool = False) -> OcrOptions:
+        """What the loaders are handed of these settings."""
+        from rag.loaders.ocr import OcrOptions
+
+        return OcrOptions(mode=self.ocr, languages=tuple(self.ocr_languages),
+                          dpi=None if self.ocr_dpi == "auto" else self.ocr_dpi, page_timeout=self.ocr_page_timeout,
+                          workers=None if self.ocr_workers == "auto" else self.ocr_workers,
+                          max_pixels=self.ocr_max_pixels, progress=progress)
 
 
 class ChunkingSettings(Section):

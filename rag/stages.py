@@ -16,7 +16,7 @@ from rag.config import Settings, dotted_overrides, load_settings
 from rag.embedding import Embedder
 from rag.generation import Generator
 from rag.indexing import IngestStages
-from rag.loaders import load_file, read_file
+from rag.loaders import load_file, ocr_salt, read_file
 from rag.prompting import PromptBuilder
 from rag.retrieval import Reranker, Retriever
 from rag.stores.bm25 import LexicalIndex
@@ -123,11 +123,13 @@ class Stages:
     def _ingest_stages(self) -> IngestStages:
         s = self.settings
         # Settings that change what chunks a file yields: a change re-ingests the file.
+        ocr = s.loading.ocr_options(progress=self.progress)
         salt = (f"{s.chunking.strategy}:{self.chunker.limit}:{s.chunking.chunk_overlap}:"
-                f"{s.loading.json_text_field}:{self.embedder.model_name}")
+                f"{s.loading.json_text_field}:{self.embedder.model_name}{ocr_salt(ocr)}")
         return IngestStages(
             read=lambda path: read_file(path, max_bytes=s.loading.max_file_bytes),
-            load=lambda path, data: load_file(path, json_text_field=s.loading.json_text_field, data=data),
+            load=lambda path, data: load_file(path, json_text_field=s.loading.json_text_field, data=data,
+                                              ocr=ocr),
             split=self.chunker.split, embed=self.embedder.embed_documents, salt=salt,
             open_store=lambda: self._open_store(create=True),
         )

@@ -334,3 +334,23 @@ def test_a_slow_tokenizer_is_refused():
 
     with pytest.raises(ModelError, match="fast tokenizer"):
         Chunker(SlowTokenizer())
+
+
+@pytest.mark.parametrize("strategy", ["recursive", "markdown"])
+def test_a_long_table_is_cut_between_rows_and_names_its_header(tokenizer, strategy):
+    header = "| City | Country | Population |\n| --- | --- | --- |"
+    rows = "\n".join(f"| City number {i} | Country {i % 7} | {1000 + i} thousand |" for i in range(40))
+    text = f"# Places\n\nSome prose before the table.\n\n{header}\n{rows}\n\nProse after the table."
+    chunks = check_invariants(Chunker(tokenizer, strategy=strategy, chunk_size=64, chunk_overlap=8),
+                              Document("places", text, {}))
+    table_chunks = [c for c in chunks if "| City number" in c.text]
+    assert len(table_chunks) > 2
+    for chunk in table_chunks:
+        rows_here = [line for line in chunk.text.split("\n") if "City number" in line]
+        assert all(line.startswith("|") and line.endswith("|") for line in rows_here)
+        if header in chunk.text:
+            assert "table_header" not in chunk.metadata
+        else:
+            assert chunk.metadata["table_header"] == header
+    assert header in table_chunks[0].text  # the header starts with rows of its own, not alone
+    assert all("table_header" not in c.metadata for c in chunks if "Prose after" in c.text and "| City" not in c.text)

@@ -324,7 +324,7 @@ def test_html_visible_text_structure_and_title(tmp_path: Path) -> None:
     (doc,) = load_file(path)
     assert doc.metadata["title"] == "My Page"
     assert doc.text == (
-        "# Article title\n\nHello bold world.\n\n- one\n- two\n  - nested\n3. three\n\nA | B\n1 | 2\n\n"
+        "# Article title\n\nHello bold world.\n\n- one\n- two\n  - nested\n3. three\n\n| A | B |\n| --- | --- |\n| 1 | 2 |\n\n"
         "code\n  indented"
     )
 
@@ -374,7 +374,7 @@ def test_docx_structure(tmp_path: Path) -> None:
     assert doc.metadata["title"] == "Core Title" and doc.metadata["format"] == "docx"
     assert doc.text == (
         "# Big Title\n\n# Section\n\nIntro paragraph.\n\n- first bullet\n- second bullet\n\n"
-        "Name | Score\nAda | 36\nMerged across\n\nAfter the table."
+        "| Name | Score |\n| --- | --- |\n| Ada | 36 |\n| Merged across |  |\n\nAfter the table."
     )
 
 
@@ -571,3 +571,15 @@ def _make_docx(path: Path) -> None:
     merged.text = "Merged across"
     doc.add_paragraph("After the table.")
     doc.save(path)
+
+
+def test_pdf_table_rows_come_out_as_markdown_rows() -> None:
+    (page,) = load_file(shared_data("formats", "pdf", "2305.03393v1-pg9.pdf"))
+    assert "| 6 | OTSL HTML | 0.965 0.969 | 0.934 0.927 | 0.955 0.955 | 0.88 0.857 |" in page.text
+    assert "| --- | --- | --- | --- | --- | --- |" in page.text
+    assert "smaller models trained on OTSL perform better" in page.text  # the prose around it kept
+
+
+def test_a_box_around_code_is_not_taken_for_a_table() -> None:
+    pages = load_file(shared_data("formats", "pdf", "code_and_formula.pdf"))
+    assert "return a + b" in pages[0].text and "| function" not in pages[0].text

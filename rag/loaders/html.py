@@ -1,5 +1,5 @@
 """HTML: the visible text only, with block structure kept as lines (headings as ``#``, list items as
-``-``, table rows as ``a | b``) so the chunker can still see the document's shape.
+``-``, tables as Markdown rows ``| a | b |``) so the chunker can still see the document's shape.
 
 The tree is walked with an explicit stack, not recursion: pathologically nested pages (thousands
 of levels) must not raise RecursionError.
@@ -101,6 +101,7 @@ def html_to_text(soup: BeautifulSoup) -> str:
     out = _Writer()
     lists: list[list] = []  # [kind, counter] per open <ul>/<ol>
     rows: list[int] = []  # cells seen so far in each open <tr>
+    tables: list[int] = []  # rows seen so far in each open <table>: the first is the Markdown header
     pre_depth = 0
     cell_depth = 0  # inside a table cell, block breaks become spaces to keep the row on one line
     section_depth = 0
@@ -151,25 +152,40 @@ def html_to_text(soup: BeautifulSoup) -> str:
                 else:
                     out.start(f"{indent}- ")
         elif name == "tr":
-            out.end_line()
-            if closing:
-                if rows:
-                    rows.pop()
+            if closing and rows:
+                cells = rows.pop()
+                if cells:
+                    out.inline(" |")
+                    out.end_line()
+                    if tables and tables[-1] == 0:  # after the first row: the header's separator
+                        out.lines.append("|" + " --- |" * cells)
+                    if tables:
+                        tables[-1] += 1
             else:
-                rows.append(0)
+                out.end_line()
+                if not closing:
+                    rows.append(0)
         elif name in ("td", "th"):
             if closing:
                 cell_depth -= 1
                 out.inline(" ")
             else:
-                if rows:
-                    if rows[-1]:
-                        out.inline(" | ")
+                if cell_depth:  # a table inside a cell is flattened into it: no pipes in a Markdown cell
+                    out.inline(" ")
+                elif rows:
+                    out.inline(" | " if rows[-1] else "| ")
                     rows[-1] += 1
                 cell_depth += 1
         elif name == "pre":
             out.blank_line()
             pre_depth += -1 if closing else 1
+        elif name == "table":
+            out.blank_line()
+            if closing:
+                if tables:
+                    tables.pop()
+            else:
+                tables.append(0)
         elif name in _PARAGRAPH:
             out.blank_line()
         elif name in _BLOCK or name == "br":

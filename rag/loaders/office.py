@@ -16,7 +16,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 from rag.errors import LoadError
-from rag.loaders.base import Part, rows_as_records
+from rag.loaders.base import Part, rows_as_records, table_text
 from rag.text import one_line
 
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
@@ -162,9 +162,9 @@ def load_docx(path: Path, data: bytes, **_options: object) -> list[Part]:
     lists = _ListNumbers(doc)
     for element in _block_children(doc.element.body):
         if element.tag == f"{_W}tbl":
-            rows = [" | ".join(row).rstrip(" |") for row in _table_rows(element)]
-            if rows:
-                blocks.append(("\n".join(rows), False))
+            table = table_text(_table_rows(element))
+            if table:
+                blocks.append((table, False))
             continue
         if element.tag != f"{_W}p":
             continue
@@ -202,13 +202,11 @@ def _shape_lines(shapes: Any) -> Iterator[tuple[str, bool]]:
         if isinstance(shape, GroupShape):
             yield from _shape_lines(shape.shapes)
         elif getattr(shape, "has_table", False) and shape.has_table:
-            rows = []
-            for row in shape.table.rows:  # a merged cell's text once, its spanned cells empty
-                cells = ["" if cell.is_spanned else one_line(cell.text, limit=None) for cell in row.cells]
-                if any(cells):
-                    rows.append(" | ".join(cells).rstrip(" |"))
-            if rows:
-                yield "\n".join(rows), False
+            # a merged cell's text once, its spanned cells empty
+            table = table_text([["" if cell.is_spanned else one_line(cell.text, limit=None) for cell in row.cells]
+                                for row in shape.table.rows])
+            if table:
+                yield table, False
         elif shape.has_text_frame:
             is_title = shape.is_placeholder and shape.placeholder_format.type in title_types
             paragraphs = []
