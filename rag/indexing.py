@@ -98,7 +98,7 @@ class IngestStages:
     load: Callable[[Path, bytes], list[Document]]
     split: Callable[[Document], list[Chunk]]
     embed: Callable[[list[str]], np.ndarray]
-    salt: str  # names the settings that change what chunks a file yields
+    salt: Callable[[Path], str]  # names the settings that change what chunks this file yields
     open_store: Callable[[], VectorStore]  # the store, opened for writing
 
 
@@ -226,14 +226,14 @@ class LocalEngine:
 class Indexer:
     """Plans (new, changed, unchanged, gone) and finishes one ingest; ``engine`` does the work between.
 
-    ``salt`` names the settings that change what chunks a file yields: a change re-ingests the
-    file. The lexical index is brought up to date in step with the writes.
+    ``salt`` names the settings that change what chunks a file yields (some only for some formats):
+    a change re-ingests the file. The lexical index is brought up to date in step with the writes.
     """
 
     store: VectorStore
     lexical: LexicalStore
     read: Callable[[Path], bytes]  # the checks that need no reading, then the bytes; LoadError
-    salt: str
+    salt: Callable[[Path], str]
     engine: Engine
     progress: bool = False
     lock_timeout: float = 600.0
@@ -322,7 +322,7 @@ class Indexer:
         if isinstance(item, Document):
             source = str(item.metadata.get("source") or item.id)
             item.metadata.setdefault("source", source)
-            signature = hashlib.sha256(f"{self.salt}\0{item.text}".encode()).hexdigest()[:32]
+            signature = hashlib.sha256(f"{self.salt(Path(source))}\0{item.text}".encode()).hexdigest()[:32]
             data = None
         else:
             source = str(item.resolve())
@@ -330,7 +330,7 @@ class Indexer:
                 data = self.read(item)
             except LoadError as exc:
                 return FileWork(source, status="failed", reason=exc.reason)
-            signature = signature_of(self.salt, data)
+            signature = signature_of(self.salt(item), data)
         stored = known.get(source, {})
         if _unchanged(stored, signature):
             return FileWork(source, signature)

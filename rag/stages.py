@@ -125,12 +125,12 @@ class Stages:
         # Settings that change what chunks a file yields: a change re-ingests the file.
         ocr = s.loading.ocr_options(progress=self.progress)
         salt = (f"{s.chunking.strategy}:{self.chunker.limit}:{s.chunking.chunk_overlap}:"
-                f"{s.loading.json_text_field}:{self.embedder.model_name}{ocr_salt(ocr)}")
+                f"{s.loading.json_text_field}:{self.embedder.model_name}")
         return IngestStages(
             read=lambda path: read_file(path, max_bytes=s.loading.max_file_bytes),
             load=lambda path, data: load_file(path, json_text_field=s.loading.json_text_field, data=data,
                                               ocr=ocr),
-            split=self.chunker.split, embed=self.embedder.embed_documents, salt=salt,
+            split=self.chunker.split, embed=self.embedder.embed_documents, salt=lambda path: salt + ocr_salt(path, ocr),
             open_store=lambda: self._open_store(create=True),
         )
 

@@ -197,3 +197,16 @@ def test_pipeline_settings_reach_the_loader(tmp_path, minilm_path):
                                      "embedding": {"model": str(minilm_path)}, "loading": {"ocr": "never"}})
     report = pipeline.ingest([path])
     assert report.failed == 1 and "loading.ocr: auto" in report.failures[0][1]
+
+
+def test_ocr_settings_move_only_the_signatures_of_files_ocr_reads(tmp_path, minilm_path, capsys):
+    """Changing how OCR reads (or installing the engine) re-reads scans and pictures, never the
+    Markdown and text files beside them: their signatures do not carry OCR's settings."""
+    folder = scans(tmp_path / "docs")
+    (folder / "notes.md").write_text("# Notes\n\nThe ferry to the island leaves at seven.\n", encoding="utf-8")
+    common = ["--store", str(tmp_path / "store"), "--set", f"embedding.model={minilm_path}", "--json"]
+    assert main(["ingest", str(folder), *common]) == 0
+    assert json.loads(capsys.readouterr().out)["added"] == 3
+    assert main(["ingest", str(folder), *common, "--set", "loading.ocr_dpi=300"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["updated"], report["unchanged"]) == (2, 1)

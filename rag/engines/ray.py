@@ -58,7 +58,7 @@ def _load_and_chunk(row: dict[str, Any], *, build: Callable[[], IngestStages], t
         work.data = stages.read(path)
     except LoadError as exc:
         return [_failed(work.source, exc.reason)]
-    work.signature = signature_of(stages.salt, work.data)
+    work.signature = signature_of(stages.salt(path), work.data)
     chunk_work(work, stages.load, stages.split)
     if work.status == "failed":
         return [_failed(work.source, work.reason)]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rag.errors import LoadError
 from rag.loaders.base import Part, content_hash, document_id
-from rag.loaders.ocr import OcrOptions, ocr_salt
+from rag.loaders.ocr import OcrOptions, settings_salt
 from rag.loaders.text import decode_bytes
 from rag.text import one_line
 from rag.types import Document
@@ -58,6 +58,13 @@ def _loader(path: Path) -> tuple[str, Callable[..., list[Part]]]:
         return fmt, getattr(importlib.import_module(f"{__name__}.{module}"), function)
     except ImportError as exc:
         raise LoadError(path, f"cannot load {fmt} files: {one_line(exc)} (install the missing package)") from exc
+
+
+def ocr_salt(path: Path, options: OcrOptions) -> str:
+    """What of OCR shapes this file's chunks, for its signature: the OCR settings for a PDF or a
+    picture, nothing for formats OCR never reads (so their signatures do not move with OCR's)."""
+    fmt = _REGISTRY.get(path.suffix.lower(), ("", ""))[0]
+    return settings_salt(options) if fmt in ("pdf", "image") else ""
 
 
 def read_file(path: str | Path, *, max_bytes: int | None = None) -> bytes:

@@ -35,8 +35,6 @@ from rag.text import one_line
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 INSTALL = 'pip install -e ".[ocr]"'
 ENGINE = "tesseract"
 # A rendered page whose darkest and lightest pixels differ by less than this holds nothing to read.
@@ -78,8 +76,8 @@ class _Unreadable(Exception):
     """A page or file that cannot be read; its message is the one-line reason."""
 
 
-def ocr_salt(options: OcrOptions) -> str:
-    """What of OCR shapes a file's chunks, for an ingest's file signatures: its settings, and whether
+def settings_salt(options: OcrOptions) -> str:
+    """What of OCR shapes the chunks of a file read by it, for its signature: the settings, and whether
     the engine is there at all (a PDF whose pictures could not be read then is read again once it is)."""
     engine = ENGINE if shutil.which(ENGINE) else "none"
     return f":ocr={options.mode},{'+'.join(options.languages)},{options.dpi or 'auto'},{options.max_pixels},{engine}"
