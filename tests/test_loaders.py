@@ -324,7 +324,8 @@ def test_html_visible_text_structure_and_title(tmp_path: Path) -> None:
     (doc,) = load_file(path)
     assert doc.metadata["title"] == "My Page"
     assert doc.text == (
-        "# Article title\n\nHello bold world.\n\n- one\n- two\n  - nested\n3. three\n\n| A | B |\n| --- | --- |\n| 1 | 2 |\n\n"
+        "# Article title\n\nHello bold world.\n\n- one\n- two\n  - nested\n3. three\n\n"
+        "| A | B |\n| --- | --- |\n| 1 | 2 |\n\n"
         "code\n  indented"
     )
 

@@ -201,6 +201,7 @@ def _walk(root: Path, include: Sequence[str], exclude: Sequence[str]) -> Iterato
                 yield LoadError(path, "broken or looping symbolic link")
             continue
         if is_dir:
+            assert target is not None  # stat()ed above for every folder
             key = _identity(target)
             if any(_matches(relative, p) for p in exclude) or (entry.is_symlink() and key in visited):
                 continue

@@ -123,15 +123,15 @@ class _ListNumbers:
         for num in numbering.iter(f"{_W}num"):
             ref = num.find(f"{_W}abstractNumId")
             for level, spec in abstract.get(ref.get(f"{_W}val") if ref is not None else None, {}).items():
-                self.levels[(num.get(f"{_W}numId"), level)] = spec
+                self.levels[(str(num.get(f"{_W}numId") or ""), level)] = spec
 
     def marker(self, p: Any, style_name: str) -> str | None:
         """The indented list marker of a paragraph, or None when it is not a list item."""
         num = p.find(f"{_W}pPr/{_W}numPr")
         if num is None:
             return "- " if style_name.lower().startswith("list") else None
-        num_id = num.find(f"{_W}numId")
-        num_id = num_id.get(f"{_W}val") if num_id is not None else None
+        num_el = num.find(f"{_W}numId")
+        num_id = str(num_el.get(f"{_W}val") or "") if num_el is not None else ""
         level_el = num.find(f"{_W}ilvl")
         level = _int(level_el.get(f"{_W}val") if level_el is not None else "0")
         if num_id == "0":  # numbering explicitly switched off
