@@ -385,6 +385,8 @@ MAGIC = {
     ".pdf": b"%PDF-1.4\n", ".docx": b"PK\x03\x04", ".pptx": b"PK\x03\x04", ".xlsx": b"PK\x03\x04",
     ".html": b"<html><body>", ".htm": b"<div>", ".md": b"---\ntitle: x\n---\n", ".json": b'[{"text": ',
     ".jsonl": b'{"text": "a"}\n', ".csv": b"a,b\n", ".txt": b"", ".mdx": b"# ",
+    ".png": b"\x89PNG\r\n\x1a\n", ".jpg": b"\xff\xd8\xff\xe0", ".jpeg": b"\xff\xd8\xff\xe0", ".tif": b"II*\x00",
+    ".tiff": b"MM\x00*", ".bmp": b"BM", ".webp": b"RIFF\x00\x00\x00\x00WEBPVP8 ",
 }
 
 
