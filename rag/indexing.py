@@ -31,7 +31,7 @@ import numpy as np
 
 from rag.errors import LoadError
 from rag.text import log, printable
-from rag.types import Chunk, Document, LexicalStore, VectorStore
+from rag.types import Chunk, Document, LexicalStore, VectorStore, indexed_items
 
 LEXICAL_FLUSH = 20_000  # chunk texts held for the lexical index before it is brought up to date
 
@@ -145,10 +145,11 @@ def chunk_work(work: FileWork, load: Callable[[Path, bytes], list[Document]],
 
 def write_chunks(store: VectorStore, embed: Callable[[list[str]], np.ndarray], new: list[Chunk],
                  kept: list[Chunk]) -> None:
-    """New chunks embedded together and upserted; chunks already stored by id (a changed file's
-    unchanged parts) only get their new metadata. Both are idempotent, so a retried batch is harmless."""
+    """New chunks embedded together (their indexed text: context and text) and upserted; chunks
+    already stored by id (a changed file's unchanged parts) only get their new metadata. Both are
+    idempotent, so a retried batch is harmless."""
     if new:
-        store.upsert(new, embed([c.text for c in new]))
+        store.upsert(new, embed([c.indexed for c in new]))
     if kept:
         store.update_metadata([c.id for c in kept], [c.metadata for c in kept])
 
@@ -352,7 +353,7 @@ class Indexer:
             report.chunks_embedded += work.embedded
             report.chunks_deleted += len(stale)
             if self._lexical_in_step:  # an index out of step is rebuilt at the end instead
-                self._lexical_pending.update({c.id: c.text for c in work.chunks})
+                self._lexical_pending.update({c.id: c.indexed for c in work.chunks})
                 self._lexical_pending.update(dict.fromkeys(stale))
             setattr(report, work.status, getattr(report, work.status) + 1)
             known[work.source] = {c.id: (work.signature, len(work.chunks)) for c in work.chunks}
@@ -378,7 +379,7 @@ class Indexer:
         pending, self._lexical_pending = self._lexical_pending, {}
         if not self._lexical_in_step:
             if final:
-                self.lexical.rebuild(self.store.iter_texts(metadata=True), self.store.state)
+                self.lexical.rebuild(indexed_items(self.store.iter_texts(metadata=True)), self.store.state)
             return
         if not pending and not final:
             return

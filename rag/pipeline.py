@@ -23,8 +23,9 @@ from rag.generation import Generator
 from rag.indexing import Engine, Indexer, IngestReport, LocalEngine
 from rag.loaders import iter_files
 from rag.prompting import citations
-from rag.retrieval import near_duplicates
+from rag.retrieval import describe_fusion, near_duplicates
 from rag.stages import Stages, ingest_stages
+from rag.tuning import tune_after_ingest
 from rag.types import Answer, Chunk, Document, Hit
 
 
@@ -53,12 +54,16 @@ class Pipeline(Stages):
                 yield item
                 if on_file is not None:
                     on_file(str(getattr(item, "path", item)))
-        return self._indexer().run(items, sync_roots=roots if sync else None, wait=wait)
+        report = self._indexer().run(items, sync_roots=roots if sync else None, wait=wait)
+        tune_after_ingest(self, report)  # rag.tuning: the collection's fusion, when worth choosing again
+        return report
 
     def ingest_documents(self, documents: Iterable[Document], *, wait: bool = True) -> IngestReport:
         """Ingest documents made in memory (e.g. an evaluation corpus); ``metadata["source"]`` is each
         one's identity, as a file's path is for files."""
-        return self._indexer("local").run(lambda: iter(documents), wait=wait)  # they live in this process
+        report = self._indexer("local").run(lambda: iter(documents), wait=wait)  # they live in this process
+        tune_after_ingest(self, report)
+        return report
 
     def remove(self, sources: Iterable[str | Path], *, wait: bool = True) -> IngestReport:
         """Delete these documents (a file's path, or a document's ``source``) from the store and the
@@ -73,7 +78,9 @@ class Pipeline(Stages):
         if engine == "ray":  # checked before anything is loaded: the one line says what to set
             from rag.engines.ray import RayEngine
 
-            runner = RayEngine(partial(ingest_stages, s), url=s.store.url, **s.ingest.ray.model_dump())
+            resolved = s.model_copy(deep=True)
+            resolved.chunking.context = self.chunker.context
+            runner = RayEngine(partial(ingest_stages, resolved), url=s.store.url, **s.ingest.ray.model_dump())
         stages = self._ingest_stages()
         if engine != "ray":
             runner = LocalEngine(stages, write_batch=s.ingest.write_batch, prepare_ahead=self._prepare_ahead())
@@ -245,6 +252,7 @@ class Pipeline(Stages):
             "embedding_space": record.get("embedding_space", "cosine" if record else None),
             "embedding_dtype": record.get("embedding_dtype"),
             "chunking": {k.removeprefix("chunking_"): v for k, v in record.items() if k.startswith("chunking_")},
+            "fusion": describe_fusion(self.settings.retrieval, record) if exists else None,
         }
 
     def map(self, out: str | Path = "rag-map", *, color_by: str = "source", query: str | None = None,

@@ -41,7 +41,7 @@ from rag.errors import ConfigError, StoreError
 from rag.files import atomic_file, fsync_folder
 from rag.stores.filters import MetadataTable, canonical_where
 from rag.text import log
-from rag.types import LexicalItem, VectorStore
+from rag.types import LexicalItem, VectorStore, indexed_items
 
 __all__ = ["LexicalIndex", "Selection"]
 
@@ -252,11 +252,11 @@ class LexicalIndex:
                 try:
                     with store.write_lock(wait=False):
                         self._log_rebuild(store)
-                        self.rebuild(store.iter_texts(metadata=True), store.state)
+                        self.rebuild(indexed_items(store.iter_texts(metadata=True)), store.state)
                 except StoreError:
                     if self._state is None:
                         self._log_rebuild(store)
-                        self.rebuild(store.iter_texts(metadata=True), state, save=False)
+                        self.rebuild(indexed_items(store.iter_texts(metadata=True)), state, save=False)
         return self
 
     @staticmethod
