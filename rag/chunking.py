@@ -395,6 +395,8 @@ def _opening_headings(text: str) -> set[str]:
     """The headings of the ATX heading lines a chunk opens with."""
     shown = set()
     for line in text.lstrip().split("\n"):
+        if not line.strip():
+            continue
         header = _ATX_HEADER.match(line.rstrip())
         if not header:
             break

@@ -31,7 +31,7 @@ import numpy as np
 
 from rag.errors import LoadError
 from rag.text import log, printable
-from rag.types import Chunk, Document, LexicalStore, VectorStore, indexed_items
+from rag.types import Chunk, Document, LexicalItem, LexicalStore, VectorStore, indexed_items
 
 LEXICAL_FLUSH = 20_000  # chunk texts held for the lexical index before it is brought up to date
 
@@ -383,10 +383,10 @@ class Indexer:
             return
         if not pending and not final:
             return
-        upserts = [(i, t) for i, t in pending.items() if t is not None]
+        texts = {i: t for i, t in pending.items() if t is not None}
         deletes = [i for i, t in pending.items() if t is None]
         # Each chunk's metadata read back, as the store holds it (Chroma merges a write into the
         # metadata it had), for the filters the lexical index answers.
-        stored = {chunk.id: chunk.metadata for chunk, _ in self.store.get([i for i, _ in upserts])}
-        upserts = [(i, t, stored[i]) if i in stored else (i, t) for i, t in upserts]
+        stored = {chunk.id: chunk.metadata for chunk, _ in self.store.get(list(texts))}
+        upserts: list[LexicalItem] = [(i, t, stored[i]) if i in stored else (i, t) for i, t in texts.items()]
         self.lexical.update(upserts, deletes, state=self.store.state if final else "ingest in progress")

@@ -24,7 +24,7 @@ from pathlib import Path
 from tune_hybrid import documents_run, fetch_candidates  # the sibling benchmark, beside this script
 
 from rag import evaluation, tuning
-from rag.harness import _eval_pipeline
+from rag.evaluation.jobs import eval_pipeline
 from rag.pipeline import Pipeline
 from rag.retrieval import fuse
 
@@ -73,7 +73,7 @@ def main() -> None:
             {"dense": d, "lexical": x}, "weighted", agreement_weight(d, x, corpus_id, lo, hi)))
 
     made = []
-    collection = _eval_pipeline(pipeline, args.corpus)
+    collection = eval_pipeline(pipeline, args.corpus)
     for seed in args.seeds:
         started = time.perf_counter()
         questions, document = tuning.pseudo_questions(collection, count=args.questions, pool=args.pool, seed=seed)
