@@ -34,7 +34,7 @@ import numpy as np
 
 from rag import evaluation
 from rag.errors import ConfigError, StoreError
-from rag.retrieval import FusionChoice, fuse, similarity
+from rag.retrieval import FusionChoice, fuse, similarity, unit
 from rag.text import log
 from rag.types import Chunk, indexed_text
 
@@ -211,13 +211,16 @@ def pseudo_questions(pipeline: Pipeline, *, count: int = QUESTIONS, pool: int = 
         return [], document
     pool_ids = list(texts)
     matrix = np.stack([vectors[i] for i in pool_ids])
+    query_vectors = embedder.embed_queries([q.text for q in questions])
+    space = store.space
+    if space == "cosine":  # normalized once: each question's scores are then one product
+        matrix, query_vectors, space = unit(matrix), unit(query_vectors), "ip"
     with tempfile.TemporaryDirectory(prefix="rag-tune-") as folder:
         # A scratch index of the collection's own kind and settings, never saved.
         scratch = type(pipeline.lexical)(Path(folder), **pipeline.settings.lexical.model_dump())
         scratch.rebuild(((i, texts[i]) for i in pool_ids), "tuning", save=False)
-        query_vectors = embedder.embed_queries([q.text for q in questions])
         for question, query in zip(questions, query_vectors, strict=True):
-            dense = similarity(matrix, query, store.space)
+            dense = similarity(matrix, query, space)
             top = np.argsort(-dense, kind="stable")[:depth]
             question.dense = [(pool_ids[i], float(dense[i])) for i in top]
             question.lexical = scratch.search(question.text, depth)
