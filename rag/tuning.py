@@ -47,7 +47,8 @@ CANDIDATES: tuple[tuple[str, float], ...] = tuple(("weighted", w / 10) for w in 
 QUESTIONS = 200  # questions made from the collection
 POOL = 4000  # chunks they are answered among, at most (the answers included)
 DEPTH = 100  # candidates each retriever gives a question, as retrieval.fetch_k does
-MIN_CHUNKS = 200  # a smaller collection is not tuned: too few questions and distractors
+MIN_CHUNKS = 100  # a smaller collection is not tuned: too few distractors
+MIN_QUESTIONS = 50  # nor one whose chunks give fewer questions (one per document with two sentences)
 RETUNE_GROWTH = 2.0  # an ingest re-tunes when the collection has grown or shrunk this much since
 SEED = 0
 
@@ -286,8 +287,9 @@ def tune(pipeline: Pipeline, *, queries: str | Path | None = None, qrels: str | 
             raise StoreError(f"rag tune: the collection holds {chunks} chunks; questions made from its own "
                              f"chunks need at least {MIN_CHUNKS} (give --queries and --qrels instead)")
         questions, document = pseudo_questions(pipeline)
-        if not questions:
-            raise StoreError("rag tune: no chunk of this collection has two sentences to make a question from; "
+        if len(questions) < MIN_QUESTIONS:
+            raise StoreError(f"rag tune: only {len(questions)} questions could be made from this collection's "
+                             f"chunks (one per document that has two sentences), {MIN_QUESTIONS} are needed; "
                              "give --queries and --qrels instead")
     per_question = score_candidates(questions, document, pipeline.settings.retrieval.rrf_k)
     fusion, weight = choose(per_question)

@@ -69,7 +69,7 @@ def hyphenated_documents(count: int) -> list[Document]:
 def test_the_label_free_tuner_picks_the_better_side(config, capsys, make, side):
     """`rag tune --apply` on questions made from the chunks: the choice scores as well as the better
     retriever alone and leans to its side (a tie leans to dense); searches use it from then on."""
-    ingest(config, make(tuning.MIN_CHUNKS), retrieval={"tune_on_ingest": False})
+    ingest(config, make(2 * tuning.MIN_CHUNKS), retrieval={"tune_on_ingest": False})
     assert Pipeline.from_config(config).info()["fusion"]["source"] == "default"
     argv = ["tune", "--apply", "--json", "--store", config["store"]["path"],
             "--set", f"embedding.model={config['embedding']['model']}", "--set", "embedding.dtype=float32"]
@@ -81,7 +81,7 @@ def test_the_label_free_tuner_picks_the_better_side(config, capsys, make, side):
     assert better > worse + 0.3
     assert scores[weight] >= better - 0.01
     assert weight <= 0.5 if side == "lexical" else weight > 0.5
-    assert found["source"] == "pseudo-queries" and found["questions"] >= tuning.MIN_CHUNKS // 2
+    assert found["source"] == "pseudo-queries" and found["questions"] == min(tuning.QUESTIONS, 2 * tuning.MIN_CHUNKS)
     fusion = Pipeline.from_config(config).info()["fusion"]
     assert (fusion["source"], fusion["dense_weight"]) == ("pseudo-queries", weight)
     assert Pipeline.from_config(config).retriever().fusion_in_use.dense_weight == weight
@@ -123,7 +123,7 @@ def test_recorded_fusion_survives_a_reopen_and_a_reingest_and_yields_to_the_conf
 
     assert recorded()["source"] == "labels" and recorded()["dense_weight"] == chosen
     ingest(config, documents)  # nothing changed
-    more = coded_documents(400)[12:]  # the collection grows far: a choice on labels is still kept
+    more = coded_documents(2 * tuning.MIN_CHUNKS)[12:]  # grown far: a choice on labels is still kept
     ingest(config, more)
     assert recorded()["source"] == "labels" and recorded()["dense_weight"] == chosen
     assert Pipeline.from_config(config).retriever().fusion_in_use.dense_weight == chosen
