@@ -6,10 +6,10 @@ sentences as the question, and the chunk WITHOUT that sentence is the answer; th
 (title, headings) stays, as it is indexed. The two retrievers then face what real questions are:
 words about the chunk, not words cut out of it (a sentence still in its chunk matches every one of
 its own terms, which flatters BM25). The questions are answered among a pool of chunks: the answers
-and a sample of other documents' chunks (never another chunk of an answer's document, whose overlap
-could hold the sentence), ranked by the collection's own retrievers' methods: dense similarity of the
-stored vectors (the answers embedded again without their sentence) and a scratch lexical index of the
-same kind and settings over the pool's indexed texts.
+and a sample of the others, ranked by the collection's own retrievers' methods: dense similarity of
+the stored vectors (the answers embedded again without their sentence) and a scratch lexical index of
+the same kind and settings over the pool's indexed texts. The other chunks of a question's own
+document are left out of its candidates: their overlap could hold the sentence.
 
 With labels (`rag tune --queries Q --qrels R`, BEIR formats) the questions are the user's, searched
 over the whole collection as they are, and documents are judged as `rag eval retrieval` judges them.
@@ -173,58 +173,64 @@ def _question_from(chunk: Chunk, rng: np.random.Generator, *, min_words: int = 4
     return " ".join(chunk.text[a:b].split()), rest
 
 
-def pseudo_questions(pipeline: Pipeline, *, count: int = QUESTIONS, pool: int = POOL, depth: int = DEPTH,
-                     seed: int = SEED) -> tuple[list[Question], dict[str, str]]:
-    """Questions made from the collection's chunks, with each retriever's candidates among the pool
-    (see the module docstring); and the chunk -> document map of the pool."""
-    store = pipeline._open_store(create=False)
-    rng = np.random.default_rng(seed)
-    ids = sorted(store.ids())
-    order = rng.permutation(len(ids))
-    answers: dict[str, tuple[str, str, Chunk]] = {}  # document -> (question, rest, chunk)
+def _answers(store: Any, ids: list[str], rng: np.random.Generator,
+             count: int) -> dict[str, tuple[str, str, Chunk]]:
+    """Up to ``count`` sampled chunks, each with its question and its text without it, by chunk id."""
+    answers: dict[str, tuple[str, str, Chunk]] = {}
     for begin in range(0, len(ids), 256):  # read in pages until enough questions are made
         if len(answers) >= count:
             break
-        for chunk, _ in store.get([ids[i] for i in order[begin : begin + 256]]):
-            made = None if chunk.document_id in answers else _question_from(chunk, rng)
+        for chunk, _ in store.get(ids[begin : begin + 256]):
+            made = _question_from(chunk, rng)
             if made is not None and len(answers) < count:
-                answers[chunk.document_id] = (*made, chunk)
-    others = [ids[i] for i in order if ids[i] not in {c.id for _, _, c in answers.values()}]
-    texts: dict[str, str] = {}
-    vectors: dict[str, np.ndarray] = {}
-    document: dict[str, str] = {}
+                answers[chunk.id] = (*made, chunk)
+    return answers
+
+
+def pseudo_questions(pipeline: Pipeline, *, count: int = QUESTIONS, pool: int = POOL, depth: int = DEPTH,
+                     seed: int = SEED) -> tuple[list[Question], dict[str, str]]:
+    """Questions made from the collection's chunks, with each retriever's candidates among the pool
+    (see the module docstring); and the chunk -> document map of the pool. A question's candidates
+    leave out the other chunks of its answer's document, whose overlap could hold its sentence."""
+    store = pipeline._open_store(create=False)
+    rng = np.random.default_rng(seed)
+    ids = [str(i) for i in rng.permutation(sorted(store.ids()))]
+    answers = _answers(store, ids, rng, count)
+    # The pool: the answers, without their sentence (embedded again), and other chunks as stored.
+    texts = {i: indexed_text(rest, chunk.metadata) for i, (_, rest, chunk) in answers.items()}
+    document = {i: chunk.document_id for i, (_, _, chunk) in answers.items()}
+    fresh = pipeline.embedder.embed_documents(list(texts.values())) if texts else np.zeros((0, 1))
+    vectors = dict(zip(texts, fresh, strict=True))
+    others = [i for i in ids if i not in answers][: max(pool - len(answers), 0)]
     for begin in range(0, len(others), 1024):
-        if len(texts) >= pool - len(answers):
-            break
         for chunk, vector in store.get(others[begin : begin + 1024], embeddings=True):
-            if chunk.document_id not in answers and len(texts) < pool - len(answers) and vector is not None:
-                texts[chunk.id], vectors[chunk.id] = chunk.indexed, vector
-                document[chunk.id] = chunk.document_id
-    questions = []
-    answer_texts = {chunk.id: indexed_text(rest, chunk.metadata) for _, rest, chunk in answers.values()}
-    embedder = pipeline.embedder
-    fresh = embedder.embed_documents(list(answer_texts.values())) if answer_texts else np.zeros((0, 1))
-    for (text, _, chunk), vector in zip(answers.values(), fresh, strict=True):
-        texts[chunk.id], vectors[chunk.id] = answer_texts[chunk.id], vector
-        document[chunk.id] = chunk.document_id
-        questions.append(Question(chunk.id, text, {chunk.document_id: 1}))
-    if not questions:
+            if vector is not None:
+                texts[chunk.id], vectors[chunk.id], document[chunk.id] = chunk.indexed, vector, chunk.document_id
+    if not answers:
         return [], document
     pool_ids = list(texts)
     matrix = np.stack([vectors[i] for i in pool_ids])
-    query_vectors = embedder.embed_queries([q.text for q in questions])
+    query_vectors = pipeline.embedder.embed_queries([question for question, _, _ in answers.values()])
     space = store.space
     if space == "cosine":  # normalized once: each question's scores are then one product
         matrix, query_vectors, space = unit(matrix), unit(query_vectors), "ip"
+    siblings: dict[str, set[str]] = {}
+    for i in pool_ids:
+        siblings.setdefault(document[i], set()).add(i)
+    questions = []
     with tempfile.TemporaryDirectory(prefix="rag-tune-") as folder:
         # A scratch index of the collection's own kind and settings, never saved.
         scratch = type(pipeline.lexical)(Path(folder), **pipeline.settings.lexical.model_dump())
         scratch.rebuild(((i, texts[i]) for i in pool_ids), "tuning", save=False)
-        for question, query in zip(questions, query_vectors, strict=True):
+        for (answer, (text, _, chunk)), query in zip(answers.items(), query_vectors, strict=True):
+            left_out = siblings[chunk.document_id] - {answer}
             dense = similarity(matrix, query, space)
-            top = np.argsort(-dense, kind="stable")[:depth]
-            question.dense = [(pool_ids[i], float(dense[i])) for i in top]
-            question.lexical = scratch.search(question.text, depth)
+            top = [i for i in np.argsort(-dense, kind="stable")[: depth + len(left_out)].tolist()
+                   if pool_ids[i] not in left_out]
+            lexical = scratch.search(text, depth + len(left_out))
+            questions.append(Question(answer, text, {chunk.document_id: 1},
+                                      [(pool_ids[i], float(dense[i])) for i in top[:depth]],
+                                      [(i, score) for i, score in lexical if i not in left_out][:depth]))
     return questions, document
 
 

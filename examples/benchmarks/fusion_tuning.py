@@ -79,8 +79,15 @@ def main() -> None:
         questions, document = tuning.pseudo_questions(collection, count=args.questions, pool=args.pool, seed=seed)
         per_question = tuning.score_candidates(questions, document)
         choice = tuning.choose(per_question)
+        best = max(per_question, key=lambda c: float(per_question[c].mean()))
+        errors = {}  # how many standard errors of the paired difference each candidate is below the best
+        for candidate, scores in per_question.items():
+            difference = per_question[best] - scores
+            error = float(difference.std(ddof=1) / len(difference) ** 0.5) or 1e-9
+            errors[f"{candidate[1]:.1f}"] = round(float(difference.mean()) / error, 2)
         made.append({"seed": seed, "questions": len(questions), "seconds": round(time.perf_counter() - started, 1),
                      "scores": {f"{w:.1f}": round(float(s.mean()), 4) for (_, w), s in per_question.items()},
+                     "errors below the best": errors,
                      "choice": choice[1], "truth at choice": truth[f"weighted {choice[1]:.1f}"],
                      "example": [q.text for q in questions[:3]]})
     overlaps = [len(set(list(documents_run(d, corpus_id))[:10]) & set(list(documents_run(x, corpus_id))[:10]))
