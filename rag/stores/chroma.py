@@ -184,7 +184,7 @@ class Store:
     def iter_metadata(self, where: dict | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """(id, metadata) of every chunk (matching ``where``)."""
         for got in self._pages(["metadatas"], where):
-            for chunk_id, metadata in zip(got["ids"], got["metadatas"]):
+            for chunk_id, metadata in zip(got["ids"], got["metadatas"], strict=True):
                 yield chunk_id, metadata or {}
 
     def iter_texts(self, *, metadata: bool = False) -> Iterator[tuple[str, str] | tuple[str, str, dict[str, Any]]]:
@@ -192,10 +192,10 @@ class Store:
         index from the source of truth."""
         if not metadata:
             for got in self._pages(["documents"]):
-                yield from zip(got["ids"], got["documents"])
+                yield from zip(got["ids"], got["documents"], strict=True)
             return
         for got in self._pages(["documents", "metadatas"]):
-            for chunk_id, text, stored in zip(got["ids"], got["documents"], got["metadatas"]):
+            for chunk_id, text, stored in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
                 yield chunk_id, text, stored or {}
 
     def get(self, ids: Sequence[str], *, embeddings: bool = False) -> list[tuple[Chunk, np.ndarray | None]]:
@@ -230,7 +230,7 @@ class Store:
                 np.asarray(vectors[i], dtype=np.float32) if vectors is not None else None,
             )
             for i, (chunk_id, text, metadata, distance) in enumerate(
-                zip(got["ids"][0], got["documents"][0], got["metadatas"][0], got["distances"][0])
+                zip(got["ids"][0], got["documents"][0], got["metadatas"][0], got["distances"][0], strict=True)
             )
         ]
 
@@ -248,7 +248,7 @@ class Store:
         if got is None:
             return []
         return [(chunk_id, _similarity(float(distance), self.space))
-                for chunk_id, distance in zip(got["ids"][0], got["distances"][0])]
+                for chunk_id, distance in zip(got["ids"][0], got["distances"][0], strict=True)]
 
     def _query(self, vector: np.ndarray, k: int, where: dict | None, ids: Sequence[str] | None,
                include: list[str]) -> dict[str, Any] | None:

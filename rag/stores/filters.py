@@ -101,9 +101,11 @@ class MetadataTable:
         empty = cls([], [], np.zeros((0, 0), dtype=np.int32))
         return empty.updated(np.full(len(metadatas), -1, dtype=np.int64), metadatas)
 
-    def updated(self, source: np.ndarray, added: Sequence[Mapping[str, Any]]) -> MetadataTable:
+    def updated(self, source: np.ndarray, added: Sequence[Mapping[str, Any]],
+                dropped: np.ndarray | None = None) -> MetadataTable:
         """A new table whose row r is this table's row ``source[r]`` where that is >= 0, and the next
-        of ``added`` (in order) where it is -1. Values no row uses any more are dropped."""
+        of ``added`` (in order) where it is -1; rows in ``dropped`` (indices) lack every field. Values
+        no row uses any more are dropped."""
         source = np.asarray(source, dtype=np.int64)
         fresh = np.flatnonzero(source < 0)
         if len(fresh) != len(added):
@@ -114,7 +116,7 @@ class MetadataTable:
         at_field: list[int] = []
         at_row: list[int] = []
         at_code: list[int] = []
-        for row, metadata in zip(fresh.tolist(), added):
+        for row, metadata in zip(fresh.tolist(), added, strict=True):
             for key, value in (metadata or {}).items():
                 if not _scalar(value):
                     opaque.add(str(key))
@@ -137,6 +139,8 @@ class MetadataTable:
             codes[: len(self.fields), kept] = self.codes[:, source[kept]]
         if at_field:
             codes[np.asarray(at_field), np.asarray(at_row)] = np.asarray(at_code, dtype=np.int32)
+        if dropped is not None and len(dropped):
+            codes[:, np.asarray(dropped, dtype=np.int64)] = -1
         return MetadataTable(*_compact(fields, values, codes), sorted(opaque))
 
     # -- answering a filter -------------------------------------------------------------------------
@@ -273,7 +277,7 @@ def _compact(fields: list[str], values: list[list[Any]], codes: np.ndarray) -> t
         if not used.all():
             renumber = np.cumsum(used, dtype=np.int32) - 1
             codes[f] = np.where(column >= 0, renumber[column], -1)
-            values[f] = [v for v, u in zip(values[f], used.tolist()) if u]
+            values[f] = [v for v, u in zip(values[f], used.tolist(), strict=True) if u]
         keep_fields.append(f)
     if len(keep_fields) == len(fields):
         return fields, values, codes

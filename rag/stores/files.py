@@ -1,0 +1,225 @@
+"""The per-file record: one row per ingested file (or in-memory document), kept beside the store so
+that planning an ingest reads one row per file instead of every chunk's metadata.
+
+A row holds the file's ``source``, its ``signature`` (rag.indexing.signature_of), how many chunks it
+has and their ids. Two flags keep it honest across crashes:
+
+- ``pending``: a write of this file's chunks has begun and not finished, so the store may hold any
+  mix of its old and new chunks; the next ingest asks the store which chunks of the source it holds
+  (one filtered read, for that file alone) instead of trusting ``ids``.
+- ``indexed``: the lexical index holds exactly this row's chunks. A changed row is not indexed until
+  the lexical index commits it; a removed file stays as a row with no chunks until then, so that
+  its chunks leave the lexical index too. After a crash, only rows not indexed are fed to it again.
+
+The record is a small SQLite file (WAL, one transaction per step) in the store folder, beside the
+write lock and the lexical index; with a Chroma server the folder is the ingesting machine's, as it
+is for those. It says which collection ``counter`` (the store's state token, rag.stores.chroma) it
+has seen every write of: a store written since by anything else (an older rag, another machine)
+is behind it, and the record is built again from the chunks' metadata, once, with one line saying
+so. That is also how a store written before the record existed is migrated; nothing is embedded
+again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rag.text import log
+from rag.types import VectorStore
+
+FORMAT = "1"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    source TEXT PRIMARY KEY,
+    signature TEXT NOT NULL,
+    chunks INTEGER NOT NULL,
+    ids TEXT NOT NULL,
+    pending INTEGER NOT NULL DEFAULT 0,
+    indexed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass
+class FileRow:
+    """What the record says of one source. ``ids`` are its chunks' ids, in order; a row with no
+    chunks is a removed file whose chunks the lexical index has not dropped yet."""
+
+    source: str
+    signature: str
+    ids: list[str]
+    pending: bool = False
+    indexed: bool = False
+
+    @property
+    def removed(self) -> bool:
+        return not self.ids and not self.pending
+
+
+def counter_of(state: str) -> str:
+    """The write counter of a store state token (``counter:count``)."""
+    return state.split(":", 1)[0]
+
+
+class FileRecord:
+    """The record of one collection (see the module docstring). Writers hold the store's write lock."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+
+    # -- opening, and keeping in step with the store --------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # a process killed loses nothing; only a power cut could
+            db.executescript(_SCHEMA)
+            self._db = db
+        return self._db
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def info(self, key: str) -> str | None:
+        row = self._connect().execute("SELECT value FROM info WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_info(self, **values: str | None) -> None:
+        with self._transaction() as db:
+            for key, value in values.items():
+                if value is None:
+                    db.execute("DELETE FROM info WHERE key = ?", (key,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO info VALUES (?, ?)", (key, value))
+
+    def in_step_with(self, store: VectorStore) -> bool:
+        """Whether this record has seen every write to ``store``: it recorded the store's current
+        write counter, and when no file is pending it counts as many chunks as the store holds."""
+        if self.info("format") != FORMAT or self.info("counter") != counter_of(store.state):
+            return False
+        db = self._connect()
+        if db.execute("SELECT 1 FROM files WHERE pending = 1 LIMIT 1").fetchone():
+            return True
+        total = db.execute("SELECT COALESCE(SUM(chunks), 0) FROM files").fetchone()[0]
+        return int(total) == store.count()
+
+    def bring_in_step(self, store: VectorStore) -> bool:
+        """Build the record again from the chunks' metadata when it is behind the store (see the module
+        docstring); True when it did. Rows built so are not indexed: the lexical index, unlinked,
+        is rebuilt from the store."""
+        if self.in_step_with(store):
+            return False
+        count = store.count()
+        if count:
+            log(f"store: building the per-file record of {store.location} from its {count} chunks' metadata "
+                "(once: the store was written without it, or by another writer)")
+        found: dict[str, dict[str, tuple[str, int, int]]] = {}
+        for chunk_id, metadata in store.iter_metadata():
+            entry = (str(metadata.get("file_signature", "")), _int(metadata.get("file_chunks")),
+                     _int(metadata.get("start")))
+            found.setdefault(str(metadata.get("source", "")), {})[chunk_id] = entry
+        with self._transaction() as db:
+            db.execute("DELETE FROM files")
+            rows = []
+            for source, chunks in found.items():
+                signatures = {sig for sig, _, _ in chunks.values()}
+                counts = {n for _, n, _ in chunks.values()}
+                # A file whose chunks do not all agree (a write cut short by an older version) keeps its
+                # ids but no signature, so the next ingest of it writes it again.
+                whole = len(signatures) == 1 and counts == {len(chunks)}
+                ids = sorted(chunks, key=lambda i: (chunks[i][2], i))
+                rows.append((source, signatures.pop() if whole else "", len(ids), " ".join(ids), 0, 0))
+            db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.execute("INSERT OR REPLACE INTO info VALUES ('format', ?)", (FORMAT,))
+            db.execute("INSERT OR REPLACE INTO info VALUES ('counter', ?)", (counter_of(store.state),))
+            db.execute("DELETE FROM info WHERE key = 'link'")
+        return True
+
+    def follow(self, state: str) -> None:
+        """Record the store's write counter after this writer bumped it (rag.stores.chroma.Store.bump_state)."""
+        self.set_info(format=FORMAT, counter=counter_of(state))
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def get(self, source: str) -> FileRow | None:
+        row = self._connect().execute(
+            "SELECT source, signature, ids, pending, indexed FROM files WHERE source = ?", (source,)).fetchone()
+        return _row(row) if row else None
+
+    def sources(self) -> list[str]:
+        """Every source with chunks in the store (removed files waiting for the lexical index left out)."""
+        rows = self._connect().execute("SELECT source FROM files WHERE chunks > 0 OR pending = 1")
+        return [source for (source,) in rows]
+
+    def unindexed(self) -> list[FileRow]:
+        """Rows whose chunks the lexical index may not hold as they are now."""
+        rows = self._connect().execute(
+            "SELECT source, signature, ids, pending, indexed FROM files WHERE indexed = 0")
+        return [_row(row) for row in rows]
+
+    def __len__(self) -> int:
+        return int(self._connect().execute("SELECT COUNT(*) FROM files WHERE chunks > 0").fetchone()[0])
+
+    # -- writing, in the order an ingest writes the store ------------------------------------------------
+
+    def begin(self, sources: Iterable[str]) -> None:
+        """Before any chunk of these sources is written or deleted: their rows are pending."""
+        with self._transaction() as db:
+            for source in sources:
+                db.execute("INSERT INTO files VALUES (?, '', 0, '', 1, 0) "
+                           "ON CONFLICT(source) DO UPDATE SET pending = 1, indexed = 0", (source,))
+
+    def finish(self, rows: Iterable[tuple[str, str, list[str]]]) -> None:
+        """After a file's new chunks are stored and its stale ones deleted: (source, signature, ids).
+        No ids: the file is removed from the store (its row stays until the lexical index drops it)."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, 0, 0)",
+                [(source, signature if ids else "", len(ids), " ".join(ids)) for source, signature, ids in rows])
+
+    def mark_indexed(self, sources: Iterable[str]) -> None:
+        """The lexical index committed these sources as the rows say: rows of removed files go."""
+        with self._transaction() as db:
+            for source in sources:
+                db.execute("DELETE FROM files WHERE source = ? AND chunks = 0 AND pending = 0", (source,))
+                db.execute("UPDATE files SET indexed = 1 WHERE source = ? AND pending = 0", (source,))
+
+    def mark_all_indexed(self, link: str) -> None:
+        """The lexical index was rebuilt from the store (``link`` names it): every row is in it."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM files WHERE chunks = 0 AND pending = 0")
+            db.execute("UPDATE files SET indexed = 1 WHERE pending = 0")
+            db.execute("INSERT OR REPLACE INTO info VALUES ('link', ?)", (link,))
+
+
+def _row(row: tuple) -> FileRow:
+    source, signature, ids, pending, indexed = row
+    return FileRow(source, signature, ids.split() if ids else [], bool(pending), bool(indexed))
+
+
+def _int(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload]  # metadata values are any JSON scalar
+    except (TypeError, ValueError):
+        return -1
