@@ -29,6 +29,7 @@ from rag.prompting import PromptBuilder, citations
 from rag.retrieval import Reranker, Retriever, near_duplicates
 from rag.stores.bm25 import LexicalIndex
 from rag.stores.chroma import Store
+from rag.stores.files import FileRecord
 from rag.types import Answer, Chunk, Document, Hit
 
 
@@ -110,6 +111,12 @@ class Pipeline:
         return self._stage("lexical", lambda: LexicalIndex(folder, **self.settings.lexical.model_dump()))
 
     @property
+    def record(self) -> FileRecord:
+        """The per-file record of the collection, beside its lexical index (rag.stores.files)."""
+        path = Path(self.settings.store.path) / "files" / f"{self.settings.store.collection}.sqlite3"
+        return self._stage("record", lambda: FileRecord(path))
+
+    @property
     def generator(self) -> Generator:
         return self._stage("generator", lambda: Generator(**self.settings.generation.model_dump()))
 
@@ -179,8 +186,8 @@ class Pipeline:
         stages = self._ingest_stages()
         if engine != "ray":
             runner = LocalEngine(stages, write_batch=s.ingest.write_batch, prepare_ahead=self._prepare_ahead())
-        return Indexer(store=stages.open_store(), lexical=self.lexical, read=stages.read, salt=stages.salt,
-                       engine=runner, progress=self.progress, lock_timeout=s.store.lock_timeout,
+        return Indexer(store=stages.open_store(), lexical=self.lexical, record=self.record, read=stages.read,
+                       salt=stages.salt, engine=runner, progress=self.progress, lock_timeout=s.store.lock_timeout,
                        embedding_dtype=self.embedder.dtype_name)
 
     def _ingest_stages(self) -> IngestStages:

@@ -25,11 +25,10 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from rag.text import log
-from rag.types import VectorStore
+from rag.types import FileRow, VectorStore
 
 FORMAT = "1"
 _SCHEMA = """
@@ -43,22 +42,6 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-@dataclass
-class FileRow:
-    """What the record says of one source. ``ids`` are its chunks' ids, in order; a row with no
-    chunks is a removed file whose chunks the lexical index has not dropped yet."""
-
-    source: str
-    signature: str
-    ids: list[str]
-    pending: bool = False
-    indexed: bool = False
-
-    @property
-    def removed(self) -> bool:
-        return not self.ids and not self.pending
 
 
 def counter_of(state: str) -> str:
@@ -115,8 +98,10 @@ class FileRecord:
 
     def in_step_with(self, store: VectorStore) -> bool:
         """Whether this record has seen every write to ``store``: it recorded the store's current
-        write counter, and when no file is pending it counts as many chunks as the store holds."""
-        if self.info("format") != FORMAT or self.info("counter") != counter_of(store.state):
+        write counter (or the one its writer was about to set), and when no file is pending it counts
+        as many chunks as the store holds."""
+        counter = counter_of(store.state)
+        if self.info("format") != FORMAT or counter not in (self.info("counter"), self.info("next")):
             return False
         db = self._connect()
         if db.execute("SELECT 1 FROM files WHERE pending = 1 LIMIT 1").fetchone():
@@ -156,9 +141,14 @@ class FileRecord:
             db.execute("DELETE FROM info WHERE key = 'link'")
         return True
 
+    def expect(self, store: VectorStore) -> None:
+        """Before this writer bumps the store's write counter: the next value is ours too."""
+        counter = counter_of(store.state)
+        self.set_info(next=str(int(counter) + 1) if counter.isdigit() else None)
+
     def follow(self, state: str) -> None:
         """Record the store's write counter after this writer bumped it (rag.stores.chroma.Store.bump_state)."""
-        self.set_info(format=FORMAT, counter=counter_of(state))
+        self.set_info(format=FORMAT, counter=counter_of(state), next=None)
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -190,6 +180,17 @@ class FileRecord:
                 db.execute("INSERT INTO files VALUES (?, '', 0, '', 1, 0) "
                            "ON CONFLICT(source) DO UPDATE SET pending = 1, indexed = 0", (source,))
 
+    def restore(self, source: str, row: FileRow | None) -> None:
+        """Put a row back as it was before ``begin`` (None: there was none): nothing of the source
+        was written after all (it failed to load)."""
+        with self._transaction() as db:
+            if row is None:
+                db.execute("DELETE FROM files WHERE source = ?", (source,))
+            else:
+                db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                           (source, row.signature, len(row.ids), " ".join(row.ids), int(row.pending),
+                            int(row.indexed)))
+
     def finish(self, rows: Iterable[tuple[str, str, list[str]]]) -> None:
         """After a file's new chunks are stored and its stale ones deleted: (source, signature, ids).
         No ids: the file is removed from the store (its row stays until the lexical index drops it)."""
@@ -205,12 +206,15 @@ class FileRecord:
                 db.execute("DELETE FROM files WHERE source = ? AND chunks = 0 AND pending = 0", (source,))
                 db.execute("UPDATE files SET indexed = 1 WHERE source = ? AND pending = 0", (source,))
 
-    def mark_all_indexed(self, link: str) -> None:
+    def mark_all_indexed(self, link: str | None) -> None:
         """The lexical index was rebuilt from the store (``link`` names it): every row is in it."""
         with self._transaction() as db:
             db.execute("DELETE FROM files WHERE chunks = 0 AND pending = 0")
             db.execute("UPDATE files SET indexed = 1 WHERE pending = 0")
-            db.execute("INSERT OR REPLACE INTO info VALUES ('link', ?)", (link,))
+            if link is None:
+                db.execute("DELETE FROM info WHERE key = 'link'")
+            else:
+                db.execute("INSERT OR REPLACE INTO info VALUES ('link', ?)", (link,))
 
 
 def _row(row: tuple) -> FileRow:
