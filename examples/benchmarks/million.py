@@ -262,7 +262,8 @@ def build(args: argparse.Namespace) -> None:
         make_model(root / "model")
         print(json.dumps({"corpus": made, "seconds": round(time.perf_counter() - clock, 1)}), flush=True)
     store = args.store or root / "store"
-    result = timed(args.checkout, ["ingest", str(docs), *settings_args(root, store), "--json"])
+    batch = ["--set", f"ingest.write_batch={args.write_batch}"]  # chunks embedded and written at once
+    result = timed(args.checkout, ["ingest", str(docs), *settings_args(root, store), *batch, "--json"])
     print(json.dumps({"build": json.loads(result["out"]), "wall_s": result["wall_s"],
                       "peak_rss_gb": result["peak_rss_gb"]}), flush=True)
 
@@ -322,6 +323,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, help="the store folder (default ROOT/store)")
     parser.add_argument("--checkout", type=Path, default=ROOT, help="the rag checkout to run (default this one)")
     parser.add_argument("--queries", type=int, default=100, help="warm searches per mode")
+    parser.add_argument("--write-batch", type=int, default=4096, help="build: chunks embedded and written at once")
     parser.add_argument("--out", help="also write the measurements to this JSON file")
     args = parser.parse_args()
     if not DATA.exists():
