@@ -21,6 +21,7 @@ lexical, hybrid, hybrid with a filter keeping the Markdown files) and reports it
 ``rag serve`` and one ``DELETE /documents`` (its request time). The edits are undone at the end,
 so the store ends as it began and the command can be run again.
 
+The shared data is read from ``../shared/data`` beside the checkout, or from ``$RAG_SHARED_DATA``.
 ``--checkout DIR`` runs the ``rag`` of another checkout (its folder goes first on PYTHONPATH), to
 measure a before and an after on the same corpus; each checkout builds its own store (``--store``).
 """
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("RAG_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CHUNK_TOKENS = 64
 CHUNKS_PER_FILE = 55
 FILES_PER_FOLDER = 100
@@ -153,10 +154,10 @@ def settings_args(root: Path, store: Path) -> list[str]:
 RAG = "import sys; from rag.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
-def timed(checkout: Path, args: list[str]) -> dict[str, Any]:
+def timed(checkout: Path, args: list[str], wrapper: list[str] | None = None) -> dict[str, Any]:
     """One ``rag`` process, waited for with wait4: its wall time, its own peak RSS and its output."""
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-c", RAG, *args], env=environment(checkout),
+    process = subprocess.Popen([*(wrapper or []), sys.executable, "-c", RAG, *args], env=environment(checkout),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
     out = process.stdout.read()
     err = process.stderr.read()
@@ -254,6 +255,8 @@ def delete_over_http(checkout: Path, root: Path, store: Path, source: str) -> di
 
 
 def build(args: argparse.Namespace) -> None:
+    """The corpus and the model, then the collection: one ``rag ingest`` per group of folders, each
+    under ``--lock`` (shared, niced) when given, so that timed runs of others can get in between."""
     root = args.root
     docs = root / "docs"
     if not docs.exists():
@@ -263,9 +266,14 @@ def build(args: argparse.Namespace) -> None:
         print(json.dumps({"corpus": made, "seconds": round(time.perf_counter() - clock, 1)}), flush=True)
     store = args.store or root / "store"
     batch = ["--set", f"ingest.write_batch={args.write_batch}"]  # chunks embedded and written at once
-    result = timed(args.checkout, ["ingest", str(docs), *settings_args(root, store), *batch, "--json"])
-    print(json.dumps({"build": json.loads(result["out"]), "wall_s": result["wall_s"],
-                      "peak_rss_gb": result["peak_rss_gb"]}), flush=True)
+    folders = sorted(p for p in docs.iterdir() if p.is_dir())
+    size = -(-len(folders) // max(1, args.groups))
+    for begin in range(0, len(folders), size):
+        group = [str(p) for p in folders[begin : begin + size]]
+        wrapper = ["flock", "-s", args.lock, "nice", "-n", "10"] if args.lock else []
+        result = timed(args.checkout, ["ingest", *group, *settings_args(root, store), *batch, "--json"], wrapper)
+        print(json.dumps({"build": json.loads(result["out"]), "folders": len(group), "wall_s": result["wall_s"],
+                          "peak_rss_gb": result["peak_rss_gb"]}), flush=True)
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -324,6 +332,8 @@ def main() -> None:
     parser.add_argument("--checkout", type=Path, default=ROOT, help="the rag checkout to run (default this one)")
     parser.add_argument("--queries", type=int, default=100, help="warm searches per mode")
     parser.add_argument("--write-batch", type=int, default=4096, help="build: chunks embedded and written at once")
+    parser.add_argument("--groups", type=int, default=1, help="build: ingest the folders in this many runs")
+    parser.add_argument("--lock", help="build: run each ingest under `flock -s LOCK nice -n 10`")
     parser.add_argument("--out", help="also write the measurements to this JSON file")
     args = parser.parse_args()
     if not DATA.exists():
