@@ -381,7 +381,7 @@ class Indexer:
             report.chunks_embedded += work.embedded
             report.chunks_deleted += len(stale)
             setattr(report, work.status, getattr(report, work.status) + 1)
-            finished.append((work.source, work.signature, current))
+            finished.append((work.source, work.signature, current, len({c.document_id for c in work.chunks})))
             self._begun.pop(work.source, None)
             if not self._lexical_rebuild:  # an index out of step is rebuilt at the end instead
                 self._lexical_pending[work.source] = current
@@ -405,7 +405,7 @@ class Indexer:
         ids = self._stored_ids(row)
         self.record.begin([row.source])
         self.store.delete(ids)
-        self.record.finish([(row.source, "", [])])
+        self.record.finish([(row.source, "", [], 0)])
         if not self._lexical_rebuild:
             self._lexical_pending[row.source] = []
         report.removed += 1

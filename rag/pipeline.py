@@ -340,19 +340,16 @@ class Pipeline:
         store = self.store
         record = store.record()
         exists = bool(record) or store.exists()
-        sources: set[str] = set()
-        documents: set[str] = set()
+        files = documents = 0
         if exists:
             store.open(record or self._record(), create=False)
-            for _, metadata in store.iter_metadata():
-                sources.add(str(metadata.get("source", "")))
-                documents.add(str(metadata.get("document_id", "")))
+            files, documents = self._count_files(store)
         return {
             "store": store.location,
             "collection": self.settings.store.collection,
             "exists": exists,
-            "files": len(sources),
-            "documents": len(documents),
+            "files": files,
+            "documents": documents,
             "chunks": store.count() if exists else 0,
             "embedding_model": record.get("embedding_model"),
             "embedding_dimension": record.get("embedding_dimension"),
@@ -360,6 +357,18 @@ class Pipeline:
             "embedding_dtype": record.get("embedding_dtype"),
             "chunking": {k.removeprefix("chunking_"): v for k, v in record.items() if k.startswith("chunking_")},
         }
+
+    def _count_files(self, store: Store) -> tuple[int, int]:
+        """Files and documents in the store: from the per-file record when it has seen every write,
+        else from every chunk's metadata."""
+        if self.record.in_step_with(store):
+            files, documents, _ = self.record.totals()
+            return files, documents
+        sources, ids = set(), set()
+        for _, metadata in store.iter_metadata():
+            sources.add(str(metadata.get("source", "")))
+            ids.add(str(metadata.get("document_id", "")))
+        return len(sources), len(ids)
 
     def map(self, out: str | Path = "rag-map", *, color_by: str = "source", query: str | None = None,
             method: str = "pca", limit: int = 5000, k: int | None = None) -> dict[str, Any]:

@@ -72,6 +72,11 @@ def test_planning_reads_the_record_not_every_chunk(tmp_path, config, monkeypatch
     assert record_chunks(checked) == store_chunks(checked)
     saved = LexicalIndex(checked.lexical.folder)
     assert saved.load() and saved.ids == set(store_chunks(checked)) and saved.state == checked.store.state
+    metadata = dict(checked.store.iter_metadata())
+    info = checked.info()  # counted from the record
+    assert (info["files"], info["documents"], info["chunks"]) == (
+        len({m["source"] for m in metadata.values()}), len({m["document_id"] for m in metadata.values()}),
+        len(metadata))
 
 
 def test_a_store_written_without_the_record_is_migrated_once_and_never_reembedded(tmp_path, config, capsys,

@@ -2,7 +2,7 @@
 that planning an ingest reads one row per file instead of every chunk's metadata.
 
 A row holds the file's ``source``, its ``signature`` (rag.indexing.signature_of), how many chunks it
-has and their ids. Two flags keep it honest across crashes:
+has and their ids, and how many documents (pages) they come from. Two flags keep it honest across crashes:
 
 - ``pending``: a write of this file's chunks has begun and not finished, so the store may hold any
   mix of its old and new chunks; the next ingest asks the store which chunks of the source it holds
@@ -30,18 +30,18 @@ from pathlib import Path
 from rag.text import log
 from rag.types import FileRow, VectorStore
 
-FORMAT = "1"
-_SCHEMA = """
+FORMAT = "2"
+_FILES = """
 CREATE TABLE IF NOT EXISTS files (
     source TEXT PRIMARY KEY,
     signature TEXT NOT NULL,
     chunks INTEGER NOT NULL,
     ids TEXT NOT NULL,
+    documents INTEGER NOT NULL DEFAULT 0,
     pending INTEGER NOT NULL DEFAULT 0,
     indexed INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+)"""
+_INFO = "CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
 def counter_of(state: str) -> str:
@@ -64,7 +64,8 @@ class FileRecord:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # a process killed loses nothing; only a power cut could
-            db.executescript(_SCHEMA)
+            db.execute(_FILES)
+            db.execute(_INFO)
             self._db = db
         return self._db
 
@@ -119,23 +120,25 @@ class FileRecord:
         if count:
             log(f"store: building the per-file record of {store.location} from its {count} chunks' metadata "
                 "(once: the store was written without it, or by another writer)")
-        found: dict[str, dict[str, tuple[str, int, int]]] = {}
+        found: dict[str, dict[str, tuple[str, int, int, str]]] = {}
         for chunk_id, metadata in store.iter_metadata():
             entry = (str(metadata.get("file_signature", "")), _int(metadata.get("file_chunks")),
-                     _int(metadata.get("start")))
+                     _int(metadata.get("start")), str(metadata.get("document_id", "")))
             found.setdefault(str(metadata.get("source", "")), {})[chunk_id] = entry
         with self._transaction() as db:
-            db.execute("DELETE FROM files")
+            db.execute("DROP TABLE files")  # (with its columns: a record of another format goes whole)
+            db.execute(_FILES)
             rows = []
             for source, chunks in found.items():
-                signatures = {sig for sig, _, _ in chunks.values()}
-                counts = {n for _, n, _ in chunks.values()}
+                signatures = {entry[0] for entry in chunks.values()}
+                counts = {entry[1] for entry in chunks.values()}
+                documents = len({entry[3] for entry in chunks.values()})
                 # A file whose chunks do not all agree (a write cut short by an older version) keeps its
                 # ids but no signature, so the next ingest of it writes it again.
                 whole = len(signatures) == 1 and counts == {len(chunks)}
                 ids = sorted(chunks, key=lambda i: (chunks[i][2], i))
-                rows.append((source, signatures.pop() if whole else "", len(ids), " ".join(ids), 0, 0))
-            db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)", rows)
+                rows.append((source, signatures.pop() if whole else "", len(ids), " ".join(ids), documents, 0, 0))
+            db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             db.execute("INSERT OR REPLACE INTO info VALUES ('format', ?)", (FORMAT,))
             db.execute("INSERT OR REPLACE INTO info VALUES ('counter', ?)", (counter_of(store.state),))
             db.execute("DELETE FROM info WHERE key = 'link'")
@@ -154,7 +157,7 @@ class FileRecord:
 
     def get(self, source: str) -> FileRow | None:
         row = self._connect().execute(
-            "SELECT source, signature, ids, pending, indexed FROM files WHERE source = ?", (source,)).fetchone()
+            f"SELECT {_COLUMNS} FROM files WHERE source = ?", (source,)).fetchone()
         return _row(row) if row else None
 
     def sources(self) -> list[str]:
@@ -164,12 +167,15 @@ class FileRecord:
 
     def unindexed(self) -> list[FileRow]:
         """Rows whose chunks the lexical index may not hold as they are now."""
-        rows = self._connect().execute(
-            "SELECT source, signature, ids, pending, indexed FROM files WHERE indexed = 0")
+        rows = self._connect().execute(f"SELECT {_COLUMNS} FROM files WHERE indexed = 0")
         return [_row(row) for row in rows]
 
-    def __len__(self) -> int:
-        return int(self._connect().execute("SELECT COUNT(*) FROM files WHERE chunks > 0").fetchone()[0])
+    def totals(self) -> tuple[int, int, int]:
+        """Files, documents and chunks in the store, as the record counts them."""
+        files, documents, chunks = self._connect().execute(
+            "SELECT COUNT(*), COALESCE(SUM(documents), 0), COALESCE(SUM(chunks), 0) FROM files "
+            "WHERE chunks > 0 OR pending = 1").fetchone()
+        return int(files), int(documents), int(chunks)
 
     # -- writing, in the order an ingest writes the store ------------------------------------------------
 
@@ -177,7 +183,7 @@ class FileRecord:
         """Before any chunk of these sources is written or deleted: their rows are pending."""
         with self._transaction() as db:
             for source in sources:
-                db.execute("INSERT INTO files VALUES (?, '', 0, '', 1, 0) "
+                db.execute("INSERT INTO files VALUES (?, '', 0, '', 0, 1, 0) "
                            "ON CONFLICT(source) DO UPDATE SET pending = 1, indexed = 0", (source,))
 
     def restore(self, source: str, row: FileRow | None) -> None:
@@ -187,17 +193,19 @@ class FileRecord:
             if row is None:
                 db.execute("DELETE FROM files WHERE source = ?", (source,))
             else:
-                db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                           (source, row.signature, len(row.ids), " ".join(row.ids), int(row.pending),
-                            int(row.indexed)))
+                db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (source, row.signature, len(row.ids), " ".join(row.ids), row.documents,
+                            int(row.pending), int(row.indexed)))
 
-    def finish(self, rows: Iterable[tuple[str, str, list[str]]]) -> None:
-        """After a file's new chunks are stored and its stale ones deleted: (source, signature, ids).
-        No ids: the file is removed from the store (its row stays until the lexical index drops it)."""
+    def finish(self, rows: Iterable[tuple[str, str, list[str], int]]) -> None:
+        """After a file's new chunks are stored and its stale ones deleted: (source, signature, ids,
+        documents). No ids: the file is removed from the store (its row stays until the lexical index
+        drops it)."""
         with self._transaction() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, 0, 0)",
-                [(source, signature if ids else "", len(ids), " ".join(ids)) for source, signature, ids in rows])
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, 0, 0)",
+                [(source, signature if ids else "", len(ids), " ".join(ids), documents)
+                 for source, signature, ids, documents in rows])
 
     def mark_indexed(self, sources: Iterable[str]) -> None:
         """The lexical index committed these sources as the rows say: rows of removed files go."""
@@ -217,9 +225,12 @@ class FileRecord:
                 db.execute("INSERT OR REPLACE INTO info VALUES ('link', ?)", (link,))
 
 
+_COLUMNS = "source, signature, ids, documents, pending, indexed"
+
+
 def _row(row: tuple) -> FileRow:
-    source, signature, ids, pending, indexed = row
-    return FileRow(source, signature, ids.split() if ids else [], bool(pending), bool(indexed))
+    source, signature, ids, documents, pending, indexed = row
+    return FileRow(source, signature, ids.split() if ids else [], int(documents), bool(pending), bool(indexed))
 
 
 def _int(value: object) -> int:
