@@ -10,7 +10,7 @@ Concurrency: endpoints that search or embed run in the thread pool, side by side
 loaded model: ``server.generations`` of them run at once and the rest wait their turn. A streamed
 answer whose client goes away is closed, which stops the model. An ingest runs in a thread of its
 own holding the store's write lock, as the CLI's does; searches keep answering from the lexical
-index as it was until the ingest ends (rag.stores.bm25).
+index's last commit (an ingest commits as it goes and at its end; rag.stores.bm25).
 """
 
 from __future__ import annotations
