@@ -120,7 +120,9 @@ class VectorStore(Protocol):
     """Chunks with their vectors and metadata; the record of what was ingested.
 
     ``state`` is a token that changes with every write (``bump_state`` at the start of an ingest),
-    so a side index such as BM25 can tell that it is behind. Writers hold ``write_lock``.
+    so a side index such as BM25 can tell that it is behind: ``counter:count``. ``counter`` is its
+    first part alone, cheap enough to read on every search; rag's writers bump it, and the next
+    ingest also checks the count. Writers hold ``write_lock``.
     """
 
     @property
@@ -132,6 +134,7 @@ class VectorStore(Protocol):
     def count(self) -> int: ...
     @property
     def state(self) -> str: ...
+    def counter(self) -> str: ...
     def bump_state(self) -> str: ...
     def ids(self, where: dict | None = None) -> set[str]: ...
     def iter_metadata(self, where: dict | None = None) -> Iterator[tuple[str, dict[str, Any]]]: ...
@@ -146,6 +149,11 @@ class VectorStore(Protocol):
     def delete(self, ids: Iterable[str]) -> None: ...
     def write_lock(self, *, wait: bool = True, timeout: float = 600.0,
                    on_wait: Callable[[], None] | None = None) -> AbstractContextManager[None]: ...
+
+
+def counter_of(state: str | None) -> str | None:
+    """The write counter of a store state token (see VectorStore)."""
+    return None if state is None else state.split(":", 1)[0]
 
 
 # What a lexical index is fed: (chunk id, text), or (chunk id, text, metadata as the store holds it).

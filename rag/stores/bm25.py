@@ -42,7 +42,7 @@ from bm25s.tokenization import _infer_stopwords
 from rag.errors import ConfigError, StoreError
 from rag.stores.filters import MetadataTable, canonical_where
 from rag.text import log
-from rag.types import LexicalItem, VectorStore
+from rag.types import LexicalItem, VectorStore, counter_of
 
 __all__ = ["CURRENT", "LexicalIndex", "Selection"]
 
@@ -404,7 +404,12 @@ class LexicalIndex:
         While an ingest holds the store, an index already loaded is used as it is: the last complete
         one, which the ingest brings up to date when it ends. Searches during an ingest (a server's)
         then keep their usual speed instead of rebuilding on every write. With none loaded it is
-        rebuilt in memory only, since the files are the writer's."""
+        rebuilt in memory only, since the files are the writer's.
+
+        On every search this costs one read of the store's write counter (``VectorStore.counter``):
+        the whole state token, whose count scans the collection, is read only when the counter moved."""
+        if self._state is not None and counter_of(self._state) == store.counter():
+            return self
         state = store.state
         with self._lock:
             if self._state is None or (self._state != state and self._saved_state() == state):

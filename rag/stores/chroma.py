@@ -150,6 +150,12 @@ class Store:
         metadata = self.client.get_collection(self.collection_name).metadata or {}
         return f"{metadata.get(STATE_KEY, 0)}:{self.count()}"
 
+    def counter(self) -> str:
+        """The write counter alone (the state without the count, which costs a scan of the
+        collection): what a search compares with a side index's state on every call."""
+        metadata = self.client.get_collection(self.collection_name).metadata or {}
+        return str(metadata.get(STATE_KEY, 0))
+
     def bump_state(self) -> str:
         metadata = dict(self.client.get_collection(self.collection_name).metadata or {})
         metadata[STATE_KEY] = int(metadata.get(STATE_KEY, 0)) + 1

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from rag.text import log
-from rag.types import FileRow, VectorStore
+from rag.types import FileRow, VectorStore, counter_of
 
 FORMAT = "2"
 _FILES = """
@@ -42,11 +42,6 @@ CREATE TABLE IF NOT EXISTS files (
     indexed INTEGER NOT NULL DEFAULT 0
 )"""
 _INFO = "CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-
-
-def counter_of(state: str) -> str:
-    """The write counter of a store state token (``counter:count``)."""
-    return state.split(":", 1)[0]
 
 
 class FileRecord:
@@ -101,7 +96,7 @@ class FileRecord:
         """Whether this record has seen every write to ``store``: it recorded the store's current
         write counter (or the one its writer was about to set), and when no file is pending it counts
         as many chunks as the store holds."""
-        counter = counter_of(store.state)
+        counter = store.counter()
         if self.info("format") != FORMAT or counter not in (self.info("counter"), self.info("next")):
             return False
         db = self._connect()
@@ -140,18 +135,18 @@ class FileRecord:
                 rows.append((source, signatures.pop() if whole else "", len(ids), " ".join(ids), documents, 0, 0))
             db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             db.execute("INSERT OR REPLACE INTO info VALUES ('format', ?)", (FORMAT,))
-            db.execute("INSERT OR REPLACE INTO info VALUES ('counter', ?)", (counter_of(store.state),))
+            db.execute("INSERT OR REPLACE INTO info VALUES ('counter', ?)", (store.counter(),))
             db.execute("DELETE FROM info WHERE key = 'link'")
         return True
 
     def expect(self, store: VectorStore) -> None:
         """Before this writer bumps the store's write counter: the next value is ours too."""
-        counter = counter_of(store.state)
+        counter = store.counter()
         self.set_info(next=str(int(counter) + 1) if counter.isdigit() else None)
 
     def follow(self, state: str) -> None:
         """Record the store's write counter after this writer bumped it (rag.stores.chroma.Store.bump_state)."""
-        self.set_info(format=FORMAT, counter=counter_of(state), next=None)
+        self.set_info(format=FORMAT, counter=counter_of(state) or "", next=None)
 
     # -- reading ------------------------------------------------------------------------------------
 
