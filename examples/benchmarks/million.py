@@ -22,6 +22,10 @@ lexical, hybrid, hybrid with a filter keeping the Markdown files) and reports it
 so the store ends as it began and the command can be run again.
 
 The shared data is read from ``../shared/data`` beside the checkout, or from ``$RAG_SHARED_DATA``.
+``lexical`` measures the lexical index alone at N chunks (texts of real sentences, rag's metadata),
+built in this process: its build time and size on disk, then in fresh processes its opening, a
+search's latency with and without a filter keeping one file in ten, and a one-file update.
+
 ``--checkout DIR`` runs the ``rag`` of another checkout (its folder goes first on PYTHONPATH), to
 measure a before and an after on the same corpus; each checkout builds its own store (``--store``).
 """
@@ -33,6 +37,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -335,9 +340,81 @@ def measure(args: argparse.Namespace) -> None:
         Path(args.out).write_text(json.dumps(rows, indent=2), encoding="utf-8")
 
 
+LEXICAL_CHILD = """
+import json, resource, sys, time
+from rag.stores.bm25 import LexicalIndex
+folder, what, queries = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+clock = time.perf_counter()
+index = LexicalIndex(folder)
+assert index.load()
+opened = time.perf_counter() - clock
+out = {"open_s": round(opened, 3)}
+if what == "search":
+    clock = time.perf_counter()
+    index.search(queries[0], 100)
+    out["first_search_s"] = round(time.perf_counter() - clock, 3)
+    selection = index.select({"format": "markdown"})
+    out["first_filter_s"] = round(time.perf_counter() - clock - out["first_search_s"], 3)
+    for name, allowed in (("plain", None), ("filtered", selection)):
+        times = []
+        for q in queries:
+            clock = time.perf_counter()
+            index.search(q, 100, allowed)
+            times.append((time.perf_counter() - clock) * 1000)
+        times.sort()
+        out[name] = {"p50_ms": round(times[len(times) // 2], 2), "p95_ms": round(times[int(len(times) * 0.95)], 2)}
+else:  # one file changed: its chunks replaced by one more than it had
+    source = what
+    rows = [(f"new-{i}", queries[i % len(queries)], {"source": source, "format": "text", "start": i, "end": i + 1})
+            for i in range(56)]
+    clock = time.perf_counter()
+    index.update(rows, sources=[source], state="after")
+    out["update_s"] = round(time.perf_counter() - clock, 3)
+out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3)
+print(json.dumps(out))
+"""
+
+
+def lexical(args: argparse.Namespace) -> None:
+    """The lexical index alone at N chunks (texts of real sentences, rag's metadata): build it here,
+    then open, search and update it in fresh processes."""
+    sys.path.insert(0, str(args.checkout))
+    from rag.stores.bm25 import LexicalIndex
+
+    folder = args.root / "lexical-alone"
+    pool = sentences()
+    rng = random.Random(11)
+    files = max(1, args.chunks // CHUNKS_PER_FILE)
+
+    def items():
+        for f in range(files):
+            source = f"/corpus/part{f // FILES_PER_FOLDER:04d}/doc{f:06d}.{'md' if f % 10 == 3 else 'txt'}"
+            for c in range(CHUNKS_PER_FILE):
+                text = " ".join(rng.choice(pool) for _ in range(3))
+                metadata = {"source": source, "format": "markdown" if f % 10 == 3 else "text", "title": "",
+                            "document_id": f"d{f}", "content_hash": f"h{f}", "start": c * 300, "end": c * 300 + 299,
+                            "file_signature": f"s{f}", "file_chunks": CHUNKS_PER_FILE}
+                yield f"{f:08d}{c:04d}{rng.getrandbits(64):016x}", text, metadata
+
+    shutil.rmtree(folder, ignore_errors=True)
+    clock = time.perf_counter()
+    LexicalIndex(folder).rebuild(items(), "before")
+    built = time.perf_counter() - clock
+    queries = [json.loads(line)["text"] for line in
+               (DATA / "scifact" / "queries.train.jsonl").read_text(encoding="utf-8").splitlines()[: args.queries]]
+    rows: dict[str, Any] = {"chunks": files * CHUNKS_PER_FILE, "build_s": round(built, 1),
+                            "disk_mb": round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20)}
+    for name, what in (("search (fresh process)", "search"), ("update one file (fresh process)",
+                                                              f"/corpus/part0001/doc{FILES_PER_FOLDER + 1:06d}.txt")):
+        got = subprocess.run([sys.executable, "-c", LEXICAL_CHILD, str(folder), what, json.dumps(queries)],
+                             env=environment(args.checkout), cwd="/", capture_output=True, text=True, check=True)
+        rows[name] = json.loads(got.stdout.strip().splitlines()[-1])
+    print(json.dumps(rows, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["build", "measure"])
+    parser.add_argument("command", choices=["build", "measure", "lexical"])
     parser.add_argument("--root", type=Path, required=True, help="where the corpus, model and store live")
     parser.add_argument("--chunks", type=int, default=1_000_000, help="about how many chunks (default 1M)")
     parser.add_argument("--store", type=Path, help="the store folder (default ROOT/store)")
@@ -350,7 +427,7 @@ def main() -> None:
     args = parser.parse_args()
     if not DATA.exists():
         raise SystemExit(f"the shared data is not at {DATA}")
-    build(args) if args.command == "build" else measure(args)
+    {"build": build, "measure": measure, "lexical": lexical}[args.command](args)
 
 
 if __name__ == "__main__":
