@@ -325,15 +325,15 @@ class LexicalIndex:
             writer.delete_documents_by_term("id", chunk_id)
         for source in sources:
             writer.delete_documents_by_term("source", source)
-        names = np.array(self._names)  # a copy: searches keep reading the committed one until the swap
-        names[doomed] = b""
-        first = len(names)
+        first = len(self._names)
         for offset, (chunk_id, item) in enumerate(items.items()):
             metadata = item[2] if len(item) > 2 else None
             writer.add_document(_document(chunk_id, item[1], metadata, first + offset))
         new_names = [chunk_id.encode() for chunk_id in items]
-        width = max([names.dtype.itemsize, *[len(n) for n in new_names]])
-        names = np.concatenate([names.astype(f"S{width}"), np.array(new_names, dtype=f"S{width}")])
+        width = max([self._names.dtype.itemsize, *[len(n) for n in new_names]])
+        # A new array (searches keep reading the committed one until the switch), copied once.
+        names = np.concatenate([self._names, np.array(new_names, dtype=f"S{width}")], dtype=f"S{width}")
+        names[doomed] = b""
         if table is not None and with_metadata:
             origin = np.concatenate([np.arange(table.rows), np.full(len(items), -1)])
             table = table.updated(origin, [item[2] for item in items.values()], doomed)  # type: ignore[misc]

@@ -135,7 +135,11 @@ class MetadataTable:
                 at_code.append(code)
         codes = np.full((len(fields), len(source)), -1, dtype=np.int32)
         kept = source >= 0
-        if len(self.fields) and kept.any():
+        rows = self.rows
+        if len(self.fields) and len(source) >= rows and np.array_equal(source[:rows], np.arange(rows)):
+            codes[: len(self.fields), :rows] = self.codes  # rows kept in place (an append): one block copy
+            codes[: len(self.fields), rows:][:, kept[rows:]] = self.codes[:, source[rows:][kept[rows:]]]
+        elif len(self.fields) and kept.any():
             codes[: len(self.fields), kept] = self.codes[:, source[kept]]
         if at_field:
             codes[np.asarray(at_field), np.asarray(at_row)] = np.asarray(at_code, dtype=np.int32)
