@@ -10,7 +10,7 @@ import json
 import sys
 
 from rag import Pipeline, RagError
-from rag.harness import read_questions
+from rag.runs import read_questions
 
 
 def main() -> int:

@@ -11,6 +11,7 @@ splitter does, ``document.text[chunk.start:chunk.end] == chunk.text`` and every 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 from typing import TYPE_CHECKING
@@ -127,22 +128,23 @@ class Chunker:
         """The document's chunks in order; empty for a blank document."""
         text = document.text
         self._counts.clear()
-        if self.strategy == "markdown":
-            sections = _markdown_sections(text)
-        else:
-            sections = [(0, len(text), None)]
+        sections = _markdown_sections(text) if self.strategy == "markdown" else [(0, len(text), None)]
         spans: list[tuple[int, int, str | None]] = []
         for start, end, headers in sections:
             spans.extend((start + a, start + b, headers) for a, b, _ in self._spans(text[start:end]))
         self._counts.clear()
 
         base = {key: value for key, value in document.metadata.items() if value is not None}
+        tables = markdown_tables(text)
         chunks = []
         for index, (start, end, headers) in enumerate(spans):
             piece = text[start:end]
             metadata = {**base, "chunk_index": index, "start": start, "end": end}
             if headers is not None:
                 metadata["headers"] = headers
+            table_header = header_of_rows(text, tables, start)
+            if table_header is not None:
+                metadata["table_header"] = table_header
             chunk = Chunk(chunk_id(document.id, start, piece), document.id, piece, start, end, metadata)
             chunks.append(chunk)
         return chunks
@@ -158,7 +160,7 @@ class Chunker:
             pieces = self._splitter.split_text(text)
         spans = _fill_gaps(text, _locate(text, pieces))
         fitted: list[Counted] = []
-        for (a, b), count in zip(spans, self._count_many([text[a:b] for a, b in spans])):
+        for (a, b), count in zip(spans, self._count_many([text[a:b] for a, b in spans]), strict=True):
             fitted.extend([(a, b, count)] if count <= self._limit else self._cut(text, a, b))
         return self._join_small(text, _drop_contained(fitted))
 
@@ -190,8 +192,8 @@ class Chunker:
             cuts = [m.end() if self._keep_end else m.start() for m in separator.finditer(text)]
             if cuts:
                 bounds = [0, *cuts, len(text)]
-                pieces = [text[a:b] for a, b in zip(bounds, bounds[1:]) if a < b]
-                self._counts.update(zip(pieces, self._count_many(pieces)))
+                pieces = [text[a:b] for a, b in itertools.pairwise(bounds) if a < b]
+                self._counts.update(zip(pieces, self._count_many(pieces), strict=True))
                 return
 
     def _count_many(self, texts: list[str]) -> list[int]:
@@ -343,3 +345,41 @@ def _markdown_sections(text: str) -> list[tuple[int, int, str]]:
         section_body = min(offset, len(text))
     sections.append((section_start, len(text), headers))
     return sections
+
+
+# --- tables -----------------------------------------------------------------------------------
+# Loaders give tables as Markdown, one row a line, so the splitter cuts a long table between rows.
+# A chunk's text must stay a slice of the document, so the rows cut off from their header cannot
+# carry a copy of it; the chunk names it in metadata instead (``table_header``), for whatever shows
+# or filters the chunk.
+
+_TABLE_ROW = re.compile(r"[ \t]*\|.*\|[ \t]*$")
+_TABLE_RULE = re.compile(r"[ \t]*\|(?:[ \t]*:?-{3,}:?[ \t]*\|)+[ \t]*$")
+
+
+def markdown_tables(text: str) -> list[tuple[int, int, int]]:
+    """(start, end of its header and rule, end) of each Markdown table in ``text``."""
+    tables = []
+    lines = text.split("\n")
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line) + 1)
+    number = 0
+    while number < len(lines) - 1:
+        if _TABLE_ROW.match(lines[number]) and _TABLE_RULE.match(lines[number + 1]):
+            last = number + 1
+            while last + 1 < len(lines) and _TABLE_ROW.match(lines[last + 1]):
+                last += 1
+            tables.append((offsets[number], offsets[number + 2] - 1, offsets[last + 1] - 1))
+            number = last + 1
+        else:
+            number += 1
+    return tables
+
+
+def header_of_rows(text: str, tables: list[tuple[int, int, int]], start: int) -> str | None:
+    """The header (and rule) of the table whose rows a chunk starting at ``start`` begins inside."""
+    for table_start, header_end, table_end in tables:
+        if header_end < start < table_end:
+            return text[table_start:header_end]
+    return None

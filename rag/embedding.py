@@ -8,6 +8,7 @@ own files instead of guesses. sentence-transformers itself is not needed at run 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import sys
@@ -51,10 +52,8 @@ def _return_freed_memory() -> None:
     """Hand the heap pages torch freed back to the system after a batch of documents: without it,
     glibc's fragmented heap makes peak memory grow with the length of an ingest."""
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc
-            pass
 
 
 def native_bf16_cpu() -> bool:
@@ -99,14 +98,16 @@ class Embedder:
         query_prefix: str | None = None,
         document_prefix: str | None = None,
         dtype: str = "auto",
-        quantize: str | None = None,
+        quantize: str = "none",
         trust_remote_code: bool = False,
     ):
         self.model_name = model
         self.path = resolve_model_path(model)
         self.device = pick_device(device)
         self.batch_size = batch_size
-        self.batch_tokens = (CPU_BATCH_TOKENS if self.device == "cpu" else None) if batch_tokens == "auto" else batch_tokens
+        if batch_tokens == "auto":
+            batch_tokens = CPU_BATCH_TOKENS if self.device == "cpu" else None
+        self.batch_tokens = batch_tokens
         self.normalize = normalize
         self.trust_remote_code = trust_remote_code
         self.quantize = None if quantize == "none" else quantize
@@ -236,7 +237,7 @@ class Embedder:
         order = sorted(range(len(texts)), key=lambda i: -len(encoded["input_ids"][i]))
         with torch.inference_mode():
             for batch in self._batches(order, [len(ids) for ids in encoded["input_ids"]]):
-                features = {key: self._padded([encoded[key][i] for i in batch], key) for key in encoded.keys()}
+                features = {key: self._padded([encoded[key][i] for i in batch], key) for key in encoded}
                 # Pooled and normalized in float32 whatever the model's dtype: sums over hundreds of
                 # tokens in 16-bit floats would lose precision the model itself did not.
                 hidden = model(**features).last_hidden_state.float()
@@ -267,7 +268,7 @@ class Embedder:
         fill = (self.tokenizer.pad_token_id or 0) if key == "input_ids" else 0
         array = np.full((len(rows), max(map(len, rows))), fill, dtype=np.int64)
         left = self.tokenizer.padding_side == "left"
-        for row, values in zip(array, rows):
+        for row, values in zip(array, rows, strict=True):
             if left:
                 row[len(row) - len(values) :] = values
             else:

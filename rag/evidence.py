@@ -33,7 +33,9 @@ def _heading(text: str) -> bool:
     """A title or heading line: short and not ended like a sentence. It names a topic; it states
     no fact, and its words would match the question without answering it."""
     text = text.strip()
-    return text.startswith("#") or (len(text.split()) <= MAX_HEADING_WORDS and not text.endswith((".", "!", "?", ";", ":")))
+    if text.startswith("#"):
+        return True
+    return len(text.split()) <= MAX_HEADING_WORDS and not text.endswith((".", "!", "?", ";", ":"))
 
 
 def _blocks(text: str) -> list[tuple[int, int]]:

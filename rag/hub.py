@@ -23,7 +23,8 @@ MODEL_LOADING = threading.RLock()
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    flags = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(flag, "").lower() in ("1", "true", "yes", "on") for flag in flags)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

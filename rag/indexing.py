@@ -20,6 +20,7 @@ the stages (``IngestStages``) as plain callables and objects, so this module imp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import sys
@@ -99,7 +100,7 @@ class IngestStages:
     load: Callable[[Path, bytes], list[Document]]
     split: Callable[[Document], list[Chunk]]
     embed: Callable[[list[str]], np.ndarray]
-    salt: str  # names the settings that change what chunks a file yields
+    salt: Callable[[Path], str]  # names the settings that change what chunks this file yields
     open_store: Callable[[], VectorStore]  # the store, opened for writing
 
 
@@ -123,7 +124,12 @@ def chunk_work(work: FileWork, load: Callable[[Path, bytes], list[Document]],
     """Load and split a planned file; every chunk records its file's signature and chunk count. A
     file that cannot be loaded, or yields no text, comes back failed."""
     try:
-        documents = [work.item] if isinstance(work.item, Document) else load(work.item, work.data)
+        if isinstance(work.item, Document):
+            documents = [work.item]
+        elif work.item is None or work.data is None:
+            raise ValueError(f"{work.source}: planned for chunking without its path and bytes")
+        else:
+            documents = load(work.item, work.data)
         chunks = [chunk for document in documents for chunk in split(document)]
     except LoadError as exc:
         chunks, work.reason = [], exc.reason
@@ -176,10 +182,8 @@ def _ahead(make: Callable[[], Iterator[Any]], depth: int = 16) -> Iterator[Any]:
     finally:
         stop.set()
         while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
+            with contextlib.suppress(queue.Empty):
                 ready.get(timeout=0.1)
-            except queue.Empty:
-                pass
 
 
 @dataclass
@@ -224,17 +228,17 @@ class LocalEngine:
 class Indexer:
     """Plans (new, changed, unchanged, gone) and finishes one ingest; ``engine`` does the work between.
 
-    ``salt`` names the settings that change what chunks a file yields: a change re-ingests the
-    file. The per-file ``record`` says what the store holds of each file, so planning reads one row
-    per file; its writes follow the store's (see FileRecord). The lexical index is brought up to
-    date in step with the writes, a source at a time.
+    ``salt`` names the settings that change what chunks a file yields (some only for some formats):
+    a change re-ingests the file. The per-file ``record`` says what the store holds of each file, so
+    planning reads one row per file; its writes follow the store's (see FileRecord). The lexical index
+    is brought up to date in step with the writes, a source at a time.
     """
 
     store: VectorStore
     lexical: LexicalStore
     record: FileRecord
     read: Callable[[Path], bytes]  # the checks that need no reading, then the bytes; LoadError
-    salt: str
+    salt: Callable[[Path], str]
     engine: Engine
     progress: bool = False
     lock_timeout: float = 600.0
@@ -345,7 +349,7 @@ class Indexer:
         if isinstance(item, Document):
             source = str(item.metadata.get("source") or item.id)
             item.metadata.setdefault("source", source)
-            signature = hashlib.sha256(f"{self.salt}\0{item.text}".encode()).hexdigest()[:32]
+            signature = hashlib.sha256(f"{self.salt(Path(source))}\0{item.text}".encode()).hexdigest()[:32]
             data = None
         else:
             source = str(item.resolve())
@@ -353,7 +357,7 @@ class Indexer:
                 data = self.read(item)
             except LoadError as exc:
                 return FileWork(source, status="failed", reason=exc.reason)
-            signature = signature_of(self.salt, data)
+            signature = signature_of(self.salt(item), data)
         row = self.record.get(source)
         if row is not None and not row.pending and row.ids and row.signature == signature:
             return FileWork(source, signature)

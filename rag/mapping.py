@@ -21,21 +21,23 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rag.errors import ConfigError
+from rag.figures import agg_figure, png_bytes
+from rag.files import write_atomic
 from rag.types import Chunk
 
 METHODS = ("pca", "umap")
 COLOR_BY = ("source", "format", "cluster")
 SEED = 0  # one seed for the sample, PCA, UMAP and k-means: the same store gives the same map
 
-# The PNG is 10 x 7.5 inches at 100 dpi: always 1000 x 750 pixels (width, height). The plot fills
-# AXES_RECT (left, bottom, width, height as fractions of the figure); the legend sits to its right.
-FIGURE_INCHES = (10.0, 7.5)
+# The PNG is always 1000 x 750 pixels (width, height), at 100 dpi. The plot fills AXES_RECT (left,
+# bottom, width, height as fractions of the figure); the legend sits to its right.
 DPI = 100
 PNG_SIZE = (1000, 750)
 AXES_RECT = (0.03, 0.04, 0.64, 0.88)
@@ -71,11 +73,11 @@ class MapPoints:
     @classmethod
     def from_chunks(cls, pairs: Sequence[tuple[Chunk, np.ndarray | None]]) -> MapPoints:
         """From what ``VectorStore.get(ids, embeddings=True)`` returns."""
-        pairs = [(chunk, vector) for chunk, vector in pairs if vector is not None]
-        dimension = len(pairs[0][1]) if pairs else 0
-        return cls(ids=[chunk.id for chunk, _ in pairs],
-                   vectors=np.array([vector for _, vector in pairs], dtype=np.float32).reshape(len(pairs), dimension),
-                   texts=[chunk.text for chunk, _ in pairs], metadatas=[chunk.metadata for chunk, _ in pairs])
+        kept = [(chunk, vector) for chunk, vector in pairs if vector is not None]
+        dimension = len(kept[0][1]) if kept else 0
+        return cls(ids=[chunk.id for chunk, _ in kept],
+                   vectors=np.array([vector for _, vector in kept], dtype=np.float32).reshape(len(kept), dimension),
+                   texts=[chunk.text for chunk, _ in kept], metadatas=[chunk.metadata for chunk, _ in kept])
 
 
 # -- options, checked before anything is read ----------------------------------------------------------
@@ -185,7 +187,7 @@ def color_groups(points: MapPoints, color_by: str) -> tuple[list[int], list[dict
     named = ordered if len(ordered) <= len(PALETTE) else ordered[: len(PALETTE) - 1]
     labels = _source_labels(named) if color_by == "source" else named
     groups = [{"label": label, "color": PALETTE[i], "count": counts[name]}
-              for i, (name, label) in enumerate(zip(named, labels))]
+              for i, (name, label) in enumerate(zip(named, labels, strict=True))]
     index = {name: i for i, name in enumerate(named)}
     if len(named) < len(ordered):
         groups.append({"label": f"other ({len(ordered) - len(named)} groups)", "color": OTHER_COLOR,
@@ -237,7 +239,7 @@ def draw_map(points: MapPoints, out: str | Path, *, color_by: str = "source", me
     folder.mkdir(parents=True, exist_ok=True)
     png, page = folder / "map.png", folder / "map.html"
     _write_png(png, xy, [groups[g]["color"] for g in group_of], groups, query_xy, hits, heading, query)
-    page.write_text(_html(points, xy, group_of, groups, query_xy, hits, heading, query), encoding="utf-8")
+    write_atomic(page, _html(points, xy, group_of, groups, query_xy, hits, heading, query))
     return {
         "png": str(png.resolve()), "html": str(page.resolve()), "points": len(points.ids), "total": total,
         "method": method, "color_by": color_by, "groups": len(groups), "query": query,
@@ -263,13 +265,9 @@ def _marker_area(n: int) -> float:
 
 def _write_png(path: Path, xy: np.ndarray, colors: list[str], groups: list[dict[str, Any]],
                query_xy: np.ndarray | None, hits: list[int], heading: str, query: str | None) -> None:
-    figure = _require("matplotlib.figure", "matplotlib", "map")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.lines import Line2D
 
-    # A Figure of its own on the Agg canvas: no pyplot, no global backend, nothing left open.
-    fig = figure.Figure(figsize=FIGURE_INCHES, dpi=DPI)
-    FigureCanvasAgg(fig)
+    fig = agg_figure(*PNG_SIZE, dpi=DPI, what="rag map")
     ax = fig.add_axes(AXES_RECT)
     ax.scatter(xy[:, 0], xy[:, 1], c=colors, s=_marker_area(len(xy)), alpha=0.85, linewidths=0)
     handles = [Line2D([], [], marker="o", linestyle="", markersize=6, markerfacecolor=g["color"],
@@ -291,7 +289,7 @@ def _write_png(path: Path, xy: np.ndarray, colors: list[str], groups: list[dict[
     ax.set_title("\n".join(lines), fontsize=10, loc="left")
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8,
               borderaxespad=0)
-    fig.savefig(path, dpi=DPI, format="png")
+    write_atomic(path, png_bytes(fig))
 
 
 def _fit(xy: np.ndarray, width: float, height: float, pad: float) -> np.ndarray:
@@ -340,113 +338,8 @@ def _html(points: MapPoints, xy: np.ndarray, group_of: list[int], groups: list[d
         "query": None if query_xy is None else {"text": query, "x": float(placed[n, 0]), "y": float(placed[n, 1])},
         "radius": round(float(np.clip(300.0 / np.sqrt(n), 1.5, 6.0)), 2),
     }
-    return (_PAGE.replace("__TITLE__", html.escape(heading)).replace("__WIDTH__", str(width))
+    # The page (package data) holds everything inline; it reads the SVG namespace from its own <svg>
+    # element rather than writing it out, so it holds no URL at all.
+    page = resources.files("rag").joinpath("static/map.html").read_text(encoding="utf-8")
+    return (page.replace("__TITLE__", html.escape(heading)).replace("__WIDTH__", str(width))
             .replace("__HEIGHT__", str(height)).replace("__DATA__", _script_json(data)))
-
-
-# The page. Everything inline; the SVG namespace is read from the page's own <svg> element rather
-# than written out, so the page holds no URL at all.
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>__TITLE__</title>
-<style>
-  body { font: 14px system-ui, sans-serif; margin: 16px; color: #222; }
-  #wrap { display: flex; gap: 16px; align-items: flex-start; }
-  svg { border: 1px solid #ddd; background: #fff; }
-  circle.point { stroke: none; opacity: 0.85; }
-  circle.point:hover { stroke: #000; stroke-width: 1.5; opacity: 1; }
-  circle.hit-ring { fill: none; stroke: #000; stroke-width: 1.5; pointer-events: none; }
-  polygon.query { fill: #000; stroke: #fff; stroke-width: 1; }
-  #legend { list-style: none; padding: 0; margin: 0; font-size: 12px; max-width: 320px; }
-  #legend li { margin: 2px 0; word-break: break-all; }
-  #legend span.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 5px; margin-right: 6px; }
-  #tip { position: fixed; display: none; max-width: 420px; background: #fffff0; border: 1px solid #999;
-         padding: 6px 8px; font-size: 12px; pointer-events: none; white-space: pre-wrap; }
-  #tip b { display: block; margin-bottom: 4px; word-break: break-all; }
-</style>
-</head>
-<body>
-<h1 style="font-size: 16px">__TITLE__</h1>
-<p id="query-line"></p>
-<div id="wrap">
-  <svg id="map" width="__WIDTH__" height="__HEIGHT__" viewBox="0 0 __WIDTH__ __HEIGHT__" role="img"></svg>
-  <ul id="legend"></ul>
-</div>
-<div id="tip"></div>
-<script type="application/json" id="map-data">__DATA__</script>
-<script>
-(function () {
-  "use strict";
-  var data = JSON.parse(document.getElementById("map-data").textContent);
-  var svg = document.getElementById("map");
-  var NS = svg.namespaceURI;
-  var tip = document.getElementById("tip");
-  var p = data.points;
-  var hits = new Set(data.hits);
-
-  function make(tag, attrs) {
-    var el = document.createElementNS(NS, tag);
-    for (var key in attrs) el.setAttribute(key, attrs[key]);
-    return el;
-  }
-
-  var layer = make("g", {});
-  for (var i = 0; i < p.id.length; i++) {
-    layer.appendChild(make("circle", {
-      "class": hits.has(i) ? "point hit" : "point", "data-id": p.id[i], "data-index": i,
-      cx: p.x[i], cy: p.y[i], r: data.radius, fill: data.groups[p.group[i]].color
-    }));
-  }
-  svg.appendChild(layer);
-  data.hits.forEach(function (i) {
-    svg.appendChild(make("circle", {"class": "hit-ring", cx: p.x[i], cy: p.y[i], r: data.radius + 4}));
-  });
-  if (data.query) {
-    var corners = [];
-    for (var c = 0; c < 10; c++) {
-      var r = c % 2 ? 4.5 : 11, a = Math.PI / 5 * c - Math.PI / 2;
-      corners.push((data.query.x + r * Math.cos(a)).toFixed(1) + "," + (data.query.y + r * Math.sin(a)).toFixed(1));
-    }
-    var star = make("polygon", {"class": "query", points: corners.join(" ")});
-    var label = make("title", {});
-    label.textContent = "query: " + data.query.text;
-    star.appendChild(label);
-    svg.appendChild(star);
-    document.getElementById("query-line").textContent =
-      "\\u2605 query: " + data.query.text + " (its top " + data.hits.length + " circled)";
-  }
-
-  var legend = document.getElementById("legend");
-  data.groups.forEach(function (g) {
-    var item = document.createElement("li");
-    var swatch = document.createElement("span");
-    swatch.className = "swatch";
-    swatch.style.background = g.color;
-    item.appendChild(swatch);
-    item.appendChild(document.createTextNode(g.label + " (" + g.count + ")"));
-    legend.appendChild(item);
-  });
-
-  svg.addEventListener("mouseover", function (event) {
-    var target = event.target;
-    if (!target.classList || !target.classList.contains("point")) return;
-    var i = Number(target.getAttribute("data-index"));
-    var where = document.createElement("b");
-    where.textContent = p.source[i];
-    tip.replaceChildren(where, document.createTextNode(p.text[i]));
-    tip.style.display = "block";
-  });
-  svg.addEventListener("mousemove", function (event) {
-    tip.style.left = Math.min(event.clientX + 14, window.innerWidth - 440) + "px";
-    tip.style.top = (event.clientY + 14) + "px";
-  });
-  svg.addEventListener("mouseout", function (event) {
-    if (event.target.classList && event.target.classList.contains("point")) tip.style.display = "none";
-  });
-})();
-</script>
-</body>
-</html>
-"""

@@ -1,15 +1,15 @@
 """Wires the stages: ingest(), search(), ask(), stream(). Only this module knows the whole chain.
 
-It builds each stage once, on first use, from the settings, and hands them to one another: the
-Indexer (rag.indexing) gets the loader, chunker, embedder, store and lexical index; the Retriever the
-store, query encoder and lexical index; an answer is evidence -> prompt -> generator -> citations.
+The stages themselves are built by rag.stages, once, on first use; here they are handed to one
+another: the Indexer (rag.indexing) gets the loader, chunker, embedder, store and lexical index; the
+Retriever the store, query encoder and lexical index; an answer is evidence -> prompt -> generator ->
+citations.
 """
 
 from __future__ import annotations
 
-import sys
-import threading
 import time
+from collections import abc
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -17,136 +17,20 @@ from typing import Any
 
 import numpy as np
 
-from rag.chunking import Chunker
-from rag.config import Settings, dotted_overrides, load_settings
-from rag.embedding import Embedder
 from rag.errors import RagError, StoreError
 from rag.evidence import best_sentences
 from rag.generation import Generator
-from rag.indexing import Indexer, IngestReport, IngestStages, LocalEngine
-from rag.loaders import iter_files, load_file, read_file
-from rag.prompting import PromptBuilder, citations
-from rag.retrieval import Reranker, Retriever, near_duplicates
-from rag.stores.bm25 import LexicalIndex
-from rag.stores.chroma import Store
-from rag.stores.files import FileRecord
-from rag.types import Answer, Chunk, Document, Hit
+from rag.indexing import Engine, Indexer, IngestReport, LocalEngine
+from rag.loaders import iter_files
+from rag.prompting import citations
+from rag.retrieval import near_duplicates
+from rag.stages import Stages, ingest_stages
+from rag.types import Answer, Chunk, Document, Hit, VectorStore
 
 
-class Pipeline:
-    """One object configured by one Settings; stages are built lazily, once."""
-
-    def __init__(self, settings: Settings | None = None, *, progress: bool | None = None):
-        self.settings = settings or Settings()
-        self.progress = sys.stderr.isatty() if progress is None else progress
-        self._stages: dict[str, Any] = {}
-        self._building = threading.RLock()
-        self._had_chunks = False  # a search has seen the store hold chunks
-
-    @classmethod
-    def from_yaml(cls, path: str | Path | None, *, sets: list[str] | None = None, **overrides: Any) -> Pipeline:
-        return cls(load_settings(path, dotted_overrides(overrides), sets))
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any] | Settings | None = None, **overrides: Any) -> Pipeline:
-        if isinstance(config, Settings):
-            return cls(config)
-        flat = dotted_overrides({**(config or {}), **overrides})
-        return cls(load_settings(None, flat))
-
-    def for_collection(self, collection: str) -> Pipeline:
-        """The same settings over another collection (an evaluation corpus's own), sharing the models
-        already loaded; the store, lexical index and retriever are the new collection's."""
-        settings = self.settings.model_copy(deep=True)
-        settings.store.collection = collection
-        other = Pipeline(settings, progress=self.progress)
-        shared = ("embedder", "chunker", "generator", "small_generator", "prompt")
-        other._stages.update({name: stage for name, stage in self._stages.items() if name in shared})
-        return other
-
-    # -- stages, built on first use -------------------------------------------------------------
-
-    def _stage(self, name: str, build: Callable[[], Any]) -> Any:
-        """A stage built on first use, once, even when threads of a server ask for it together."""
-        if name not in self._stages:
-            with self._building:
-                if name not in self._stages:
-                    self._stages[name] = build()
-        return self._stages[name]
-
-    # Each stage's parameters are named as its settings fields, so a section is handed over whole.
-
-    @property
-    def embedder(self) -> Embedder:
-        return self._stage("embedder", lambda: Embedder(**self.settings.embedding.model_dump(exclude={"space"})))
-
-    @property
-    def chunker(self) -> Chunker:
-        return self._stage("chunker", lambda: Chunker(
-            self.embedder.tokenizer, **self.settings.chunking.model_dump(), max_tokens=self.embedder.max_content_tokens))
-
-    @property
-    def store(self) -> Store:
-        return self._stage("store", lambda: Store(**self.settings.store.model_dump(exclude={"lock_timeout"}),
-                                                  space=self.settings.embedding.space))
-
-    def _record(self) -> dict[str, Any]:
-        """What the collection records about how it was built."""
-        chunking = self.settings.chunking
-        return {
-            **self.embedder.describe(),
-            "embedding_space": self.settings.embedding.space,
-            "chunking_strategy": chunking.strategy,
-            "chunking_chunk_size": self.chunker.limit,
-            "chunking_chunk_overlap": chunking.chunk_overlap,
-        }
-
-    def _open_store(self, *, create: bool) -> Store:
-        self.store.open(self._record(), create=create)
-        return self.store
-
-    @property
-    def lexical(self) -> LexicalIndex:
-        folder = Path(self.settings.store.path) / "lexical" / self.settings.store.collection
-        return self._stage("lexical", lambda: LexicalIndex(folder, **self.settings.lexical.model_dump()))
-
-    @property
-    def record(self) -> FileRecord:
-        """The per-file record of the collection, beside its lexical index (rag.stores.files)."""
-        path = Path(self.settings.store.path) / "files" / f"{self.settings.store.collection}.sqlite3"
-        return self._stage("record", lambda: FileRecord(path))
-
-    @property
-    def generator(self) -> Generator:
-        return self._stage("generator", lambda: Generator(**self.settings.generation.model_dump()))
-
-    @property
-    def small_generator(self) -> bool:
-        """Whether the generator gets the small-model answer settings (loads it)."""
-        return self._stage("small_generator", lambda: self.generator.small)
-
-    @property
-    def prompt(self) -> PromptBuilder:
-        def build() -> PromptBuilder:
-            s = self.settings.prompt
-            template = s.template
-            if template == "auto":
-                template = "qa_short" if self.small_generator else "qa_cited"
-            return PromptBuilder(template, variables=s.variables)
-
-        return self._stage("prompt", build)
-
-    def _evidence(self, question: str, hits: list[Hit]) -> list[Hit]:
-        """What the prompt shows: the hits themselves, or their best sentences."""
-        s = self.settings.prompt
-        sentences = s.evidence == "sentences" or (s.evidence == "auto" and self.small_generator)
-        if not sentences or not hits:
-            return hits
-        return best_sentences(
-            question, hits, count=s.evidence_sentences,
-            embed_query=lambda text: self.embedder.embed_queries([text])[0],
-            embed_texts=self.embedder.embed_documents, tokenize=self.lexical.terms,
-        )
+class Pipeline(Stages):
+    """One object configured by one Settings (rag.stages builds each stage from it, once, lazily);
+    what flows through the stages: ingest, search, ask and stream."""
 
     # -- ingestion ------------------------------------------------------------------------------
 
@@ -155,15 +39,15 @@ class Pipeline:
         """Load, chunk, embed and store every supported file under ``paths`` (see rag.indexing).
         With ``sync``, files ingested before from under ``paths`` that are gone now are removed.
         ``on_file`` is told each file's path as the ingest reaches it (a server's progress)."""
-        paths = [Path(p) for p in paths]
+        roots = [Path(p) for p in paths]
         loading = self.settings.loading
 
         def items() -> Iterator[Any]:
-            for item in iter_files(paths, loading.include, loading.exclude):
+            for item in iter_files(roots, loading.include, loading.exclude):
                 yield item
                 if on_file is not None:
                     on_file(str(getattr(item, "path", item)))
-        return self._indexer().run(items, sync_roots=paths if sync else None, wait=wait)
+        return self._indexer().run(items, sync_roots=roots if sync else None, wait=wait)
 
     def ingest_documents(self, documents: Iterable[Document], *, wait: bool = True) -> IngestReport:
         """Ingest documents made in memory (e.g. an evaluation corpus); ``metadata["source"]`` is each
@@ -179,6 +63,7 @@ class Pipeline:
     def _indexer(self, engine: str | None = None) -> Indexer:
         s = self.settings
         engine = engine or s.ingest.engine
+        runner: Engine
         if engine == "ray":  # checked before anything is loaded: the one line says what to set
             from rag.engines.ray import RayEngine
 
@@ -190,45 +75,14 @@ class Pipeline:
                        salt=stages.salt, engine=runner, progress=self.progress, lock_timeout=s.store.lock_timeout,
                        embedding_dtype=self.embedder.dtype_name)
 
-    def _ingest_stages(self) -> IngestStages:
-        s = self.settings
-        # Settings that change what chunks a file yields: a change re-ingests the file.
-        salt = (f"{s.chunking.strategy}:{self.chunker.limit}:{s.chunking.chunk_overlap}:"
-                f"{s.loading.json_text_field}:{self.embedder.model_name}")
-        return IngestStages(
-            read=lambda path: read_file(path, max_bytes=s.loading.max_file_bytes),
-            load=lambda path, data: load_file(path, json_text_field=s.loading.json_text_field, data=data),
-            split=self.chunker.split, embed=self.embedder.embed_documents, salt=salt,
-            open_store=lambda: self._open_store(create=True),
-        )
-
     def _prepare_ahead(self) -> bool:
         """Loading and chunking in a thread overlap with encoding only when the encoder leaves the
         CPU idle (a GPU). On the CPU torch already keeps every core busy: a second thread only
-        competes with it, and peak memory grew with corpus size (+15% at 4x the files, +8% without)."""
+        competes with it, and peak memory grew with the corpus (docs/benchmarks.md)."""
         setting = self.settings.ingest.prepare_ahead
         return self.embedder.device != "cpu" if setting == "auto" else bool(setting)
 
     # -- questions ------------------------------------------------------------------------------
-
-    def retriever(self, mode: str | None = None) -> Retriever:
-        """The retriever for ``mode``, built once; the lexical index is checked against the store
-        on every call, so an ingest by another process is seen at once."""
-        s = self.settings.retrieval
-        mode = mode or s.mode
-        store = self._open_store(create=False)
-        lexical = self.lexical.in_step_with(store) if mode in ("lexical", "hybrid") else None
-
-        def build() -> Retriever:
-            r = self.settings.rerank
-            reranker = Reranker(**r.model_dump(exclude={"top_n"})) if r.model else None
-            return Retriever(store=store, embed_query=lambda text: self.embedder.embed_queries([text])[0],
-                             reranker=reranker, rerank_top_n=r.top_n, **s.model_dump())
-
-        retriever = self._stage("retriever", build)
-        if lexical is not None:
-            retriever.lexical = lexical
-        return retriever
 
     def search(self, query: str, k: int | None = None, *, mode: str | None = None,
                where: dict | None = None) -> list[Hit]:
@@ -236,7 +90,8 @@ class Pipeline:
             raise RagError("the query is empty; ask something")
         store = self._open_store(create=False)
         empty = f"store at {store.location} is empty; run `rag ingest PATH` first"
-        # A count costs ~6 ms at 100k chunks: counted on the first search, then only when one finds nothing.
+        # A count is not free on a big collection: counted on the first search, then only when one finds
+        # nothing.
         if not self._had_chunks and store.count() == 0:
             raise StoreError(empty)
         self._had_chunks = True
@@ -266,10 +121,7 @@ class Pipeline:
         server request's ``max_tokens``."""
         timings: dict[str, float] = {}
         clock = time.perf_counter()
-        if hits is None:
-            hits = self.search(question, k, mode=mode, where=where)
-        else:
-            hits = list(hits)
+        hits = self.search(question, k, mode=mode, where=where) if hits is None else list(hits)
         timings["retrieval"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -287,6 +139,15 @@ class Pipeline:
                             "answer rests on no source; lower generation.max_new_tokens or chunking.chunk_size")
         timings["prompt"] = time.perf_counter() - clock
 
+        text, usage = yield from self._generate(generator, prompt, timings)
+        cited, unknown, cited_by = citations(text, [hit.chunk.text for hit in kept])
+        yield Answer(text=text, hits=kept, citations=cited, prompt=prompt, timings=timings, usage=usage,
+                     dropped_hits=dropped, unknown_citations=unknown, cited_by=cited_by, warnings=warnings)
+
+    @staticmethod
+    def _generate(generator: Generator, prompt: str,
+                  timings: dict[str, float]) -> abc.Generator[str, None, tuple[str, dict[str, int]]]:
+        """Yields the generated pieces; returns the whole text and the usage, with their timings."""
         clock = time.perf_counter()
         pieces: list[str] = []
         completion = generator.stream(prompt)
@@ -300,11 +161,19 @@ class Pipeline:
             completion.close()  # this stream closed early: stop the model too
         timings["generation"] = time.perf_counter() - clock
         timings.setdefault("first_token", timings["generation"])
-        text = "".join(pieces)
-        cited, unknown, cited_by = citations(text, [hit.chunk.text for hit in kept])
-        yield Answer(text=text, hits=kept, citations=cited, prompt=prompt, timings=timings,
-                     usage=dict(completion.usage), dropped_hits=dropped, unknown_citations=unknown,
-                     cited_by=cited_by, warnings=warnings)
+        return "".join(pieces), dict(completion.usage)
+
+    def _evidence(self, question: str, hits: list[Hit]) -> list[Hit]:
+        """What the prompt shows: the hits themselves, or their best sentences."""
+        s = self.settings.prompt
+        sentences = s.evidence == "sentences" or (s.evidence == "auto" and self.small_generator)
+        if not sentences or not hits:
+            return hits
+        return best_sentences(
+            question, hits, count=s.evidence_sentences,
+            embed_query=lambda text: self.embedder.embed_queries([text])[0],
+            embed_texts=self.embedder.embed_documents, tokenize=self.lexical.terms,
+        )
 
     def similar(self, *, chunk_id: str | None = None, text: str | None = None, k: int | None = None) -> list[Hit]:
         """The chunks nearest a stored chunk (itself left out) or a text (embedded as a document is)."""
@@ -314,12 +183,14 @@ class Pipeline:
         if chunk_id is not None:
             found = store.get([chunk_id], embeddings=True)
             if not found:
-                raise StoreError(f"no chunk {chunk_id!r} in {store.location}; `rag search QUERY --json` shows chunk ids")
+                raise StoreError(
+                    f"no chunk {chunk_id!r} in {store.location}; `rag search QUERY --json` shows chunk ids")
             vector = found[0][1]
         else:
-            if not text.strip():
+            if text is None or not text.strip():
                 raise RagError("similar: the text is empty")
             vector = self.embedder.embed_documents([text])[0]
+        assert vector is not None  # asked for with embeddings=True
         return self.retriever("dense").similar_to(vector, k, exclude=chunk_id)
 
     def duplicates(self, threshold: float = 0.98) -> list[list[Chunk]]:
@@ -331,7 +202,7 @@ class Pipeline:
         stored = store.get(sorted(store.ids()), embeddings=True)
         if not stored:
             return []
-        groups = near_duplicates(np.stack([vector for _, vector in stored]), threshold)
+        groups = near_duplicates(np.stack([vector for _, vector in stored if vector is not None]), threshold)
         return [[stored[i][0] for i in group] for group in groups]
 
     # -- what the store holds -------------------------------------------------------------------
@@ -358,7 +229,7 @@ class Pipeline:
             "chunking": {k.removeprefix("chunking_"): v for k, v in record.items() if k.startswith("chunking_")},
         }
 
-    def _count_files(self, store: Store) -> tuple[int, int]:
+    def _count_files(self, store: VectorStore) -> tuple[int, int]:
         """Files and documents in the store: from the per-file record when it has seen every write,
         else from every chunk's metadata."""
         if self.record.in_step_with(store):
@@ -404,7 +275,3 @@ class Pipeline:
         result["seconds"] = done - clock
         return result
 
-
-def ingest_stages(settings: Settings) -> IngestStages:
-    """The ingest stages built from settings alone: what a Ray worker calls to build its own."""
-    return Pipeline(settings, progress=False)._ingest_stages()

@@ -127,7 +127,7 @@ class PromptBuilder:
         sources = [_source_dict(i, hit, escape) for i, hit in enumerate(hits, start=1)]
         return self._render(escape(question), sources, _history(history, escape))
 
-    def _render(self, question: str, sources: list[dict[str, Any]], history: list[dict[str, str]] = ()) -> str:
+    def _render(self, question: str, sources: list[dict[str, Any]], history: Sequence[dict[str, str]] = ()) -> str:
         try:
             return self.template.render(question=question, sources=sources, config=self.variables,
                                         history=list(history))
@@ -186,7 +186,7 @@ class PromptBuilder:
             size = measure(prompt)
             return size <= budget, prompt, size
 
-        ok, prompt, size = fits(len(hits))
+        ok, prompt, _size = fits(len(hits))
         if ok:
             return prompt, hits, 0
         ok, best, empty_size = fits(0)
@@ -220,9 +220,9 @@ def _is_under(filename: str, folder: Path) -> bool:
 
 
 # A citation is a bracket holding numbers, separated by commas, semicolons or "and", where a number
-# may be a range ("1-3", "1–3") and may be preceded by "source"/"sources": [1], [1, 2], [1-3],
+# may be a range ("1-3", or with an en dash) and may be preceded by "source"/"sources": [1], [1, 2], [1-3],
 # [Source 2]. Adjacent brackets ([1][3]) are simply two matches.
-_NUMBER = r"(?:sources?\s*)?\d+(?:\s*[-–]\s*\d+)?"
+_NUMBER = r"(?:sources?\s*)?\d+(?:\s*[-\u2013]\s*\d+)?"
 _CITATION = re.compile(rf"\[\s*({_NUMBER}(?:\s*(?:,|;|\band\b)\s*{_NUMBER})*)\s*\]", re.IGNORECASE)
 _MAX_RANGE = 100  # a wider "range" is more likely a typo or a year span than a citation run
 
@@ -258,7 +258,11 @@ def _numbers(group: str) -> list[int]:
 _WORD = re.compile(r"\w+")
 # Words that say nothing about where an answer came from.
 _FUNCTION_WORDS = frozenset(
-    ["a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and", "or", "is", "are", "was", "were", "be", "been", "it", "its", "this", "that", "these", "those", "as", "than", "then", "there", "their", "they", "he", "she", "his", "her", "him", "we", "you", "i", "not", "no", "yes"]
+    [
+        "a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and", "or", "is", "are",
+        "was", "were", "be", "been", "it", "its", "this", "that", "these", "those", "as", "than", "then", "there",
+        "their", "they", "he", "she", "his", "her", "him", "we", "you", "i", "not", "no", "yes"
+    ]
 )
 
 

@@ -22,7 +22,7 @@ evaluating it: at 100k chunks, 17 ms instead of 65 for a filter keeping 10%.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -116,7 +116,7 @@ def near_duplicates(vectors: np.ndarray, threshold: float = 0.98) -> list[list[i
     for begin in range(0, len(vectors), block):
         scores = vectors[begin : begin + block] @ vectors[begin:].T
         rows, columns = np.nonzero(scores >= threshold)
-        for row, column in zip(rows.tolist(), columns.tolist()):
+        for row, column in zip(rows.tolist(), columns.tolist(), strict=True):
             i, j = begin + row, begin + column
             if j > i:
                 parent[root(j)] = root(i)
@@ -174,18 +174,52 @@ class Reranker:
 
 
 @dataclass
+class Candidates:
+    """What the retrievers found for one question: each retriever's (score, rank) per chunk id, and
+    what is known of each chunk so far (filled in lazily, only for the chunks that are shown)."""
+
+    per: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
+    chunks: dict[str, Chunk] = field(default_factory=dict)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    dense: dict[str, float] = field(default_factory=dict)  # the dense score of every candidate seen
+
+    def add(self, name: str, pairs: Sequence[tuple[str, float]]) -> None:
+        """A retriever's best-first (id, score) list."""
+        self.per[name] = {i: (score, rank) for rank, (i, score) in enumerate(pairs, start=1)}
+
+    def scores(self, name: str) -> dict[str, float]:
+        return {i: score for i, (score, _) in self.per[name].items()}
+
+    def ranking(self, name: str) -> list[str]:
+        """A retriever's ids in its own order."""
+        return sorted(self.per[name], key=lambda i: self.per[name][i][1])
+
+    def hit(self, chunk_id: str, score: float, rank: int) -> Hit:
+        scores = {name: found[chunk_id][0] for name, found in self.per.items() if chunk_id in found}
+        scores["dense"] = self.dense[chunk_id]
+        ranks = {name: found[chunk_id][1] for name, found in self.per.items() if chunk_id in found}
+        return Hit(chunk=self.chunks[chunk_id], score=float(score), rank=rank, scores=scores, ranks=ranks)
+
+
+def best_first(scores: dict[str, float]) -> list[tuple[str, float]]:
+    """(id, score) by score, ties to the smaller id."""
+    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+
+
+@dataclass
 class Retriever:
     """Ranks chunks for a question. It is handed the store, the query encoder and the lexical index;
-    it builds none of them, so it imports no other stage."""
+    it builds none of them, so it imports no other stage. Its defaults are RetrievalSettings' (a test
+    holds them equal)."""
 
     store: VectorStore
     embed_query: Callable[[str], np.ndarray]
     lexical: LexicalStore | None = None
     reranker: Reranker | None = None
-    mode: str = "dense"
+    mode: str = "hybrid"
     k: int = 5
     fetch_k: int = 100
-    fusion: str = "rrf"
+    fusion: str = "weighted"
     rrf_k: int = 60
     dense_weight: float = 0.5
     score_threshold: float | None = None
@@ -196,6 +230,8 @@ class Retriever:
 
     def search(self, question: str, k: int | None = None, *, mode: str | None = None,
                where: dict | None = None) -> list[Hit]:
+        """The top ``k`` chunks: each retriever gathers candidates, fusion ranks them, then the
+        threshold, MMR and the reranker narrow the ranking down."""
         mode = mode or self.mode
         if mode not in MODES:
             raise ConfigError(f"retrieval.mode: {mode!r} is not one of {', '.join(MODES)}")
@@ -203,87 +239,79 @@ class Retriever:
             raise ConfigError(f"retrieval.mode: {mode} needs the lexical index, which this store does not have")
         k = k or self.k
         where = where if where is not None else self.where
-        depth = max(k, self.fetch_k) if (mode == "hybrid" or self.mmr or self.reranker) else k
         query = self.embed_query(question)
-        allowed = self._selection(where) if where else None
-        # How many candidates get their chunk fetched: when far fewer than the depth, the dense side
-        # asks only for ids and scores (at 100k chunks, 4 ms instead of 11 for 100).
-        head_depth = None if (self.score_threshold is not None or self.mmr) else self._rerank_depth(k)
+        found = self._gather(question, query, k, mode, where)
+        ranked = self._fuse(found, mode)
+        ranked = self._narrow(question, query, k, found, ranked)
+        return [found.hit(chunk_id, score, rank) for rank, (chunk_id, score) in enumerate(ranked[:k], start=1)]
 
-        # Each retriever's own view: id -> (score, rank), and what we know of each chunk.
-        chunks: dict[str, Chunk] = {}
-        vectors: dict[str, np.ndarray] = {}
-        dense: dict[str, float] = {}  # the dense score of every candidate seen
-        per: dict[str, dict[str, tuple[float, int]]] = {}
+    def _gather(self, question: str, query: np.ndarray, k: int, mode: str, where: dict | None) -> Candidates:
+        """Each retriever's candidates, as deep as fusion, MMR or the reranker need."""
+        depth = max(k, self.fetch_k) if (mode == "hybrid" or self.mmr or self.reranker) else k
+        allowed = self._selection(where) if where else None
+        found = Candidates()
         if mode in ("dense", "hybrid"):
-            ids_only = head_depth is not None and head_depth < depth
+            # When far fewer candidates are shown than gathered, the dense side asks only for ids and
+            # scores, and the shown ones are fetched afterwards.
+            head = self._head_depth(k)
+            ids_only = head is not None and head < depth
             among = list(allowed) if allowed is not None else None
             try:
-                found = self._dense(query, depth, where if among is None else None, among, ids_only)
+                pairs = self._dense(query, depth, where if among is None else None, among, ids_only, found)
             except StoreError:
                 if among is None:
                     raise
-                found = self._dense(query, depth, where, None, ids_only)  # one deleted since the check
-            if ids_only:
-                pairs = found
-            else:
-                pairs = [(chunk.id, score) for chunk, score, _ in found]
-                for chunk, _, vector in found:
-                    chunks[chunk.id] = chunk
-                    if vector is not None:
-                        vectors[chunk.id] = vector
-            per["dense"] = {i: (score, rank) for rank, (i, score) in enumerate(pairs, start=1)}
-            dense.update(pairs)
+                pairs = self._dense(query, depth, where, None, ids_only, found)  # one deleted since the check
+            found.add("dense", pairs)
+            found.dense.update(pairs)
         if mode in ("lexical", "hybrid"):
+            assert self.lexical is not None  # checked by search()
             restrict = allowed if (allowed is not None or not where) else self.store.ids(where)
-            found_lex = self.lexical.search(question, depth, restrict)
-            per["lexical"] = {i: (score, rank) for rank, (i, score) in enumerate(found_lex, start=1)}
+            found.add("lexical", self.lexical.search(question, depth, restrict))
+        return found
 
-        if mode == "hybrid":
-            if self.fusion == "rrf":
-                rankings = {name: sorted(ids, key=lambda i, ids=ids: ids[i][1]) for name, ids in per.items()}
-                ranked = rrf(rankings, self.rrf_k)
-            else:
-                scores = {name: {i: s for i, (s, _) in ids.items()} for name, ids in per.items()}
-                ranked = weighted(scores, {"dense": self.dense_weight, "lexical": 1 - self.dense_weight})
-        else:
-            ranked = sorted(((i, s) for i, (s, _) in per[mode].items()), key=lambda item: (-item[1], item[0]))
+    def _fuse(self, found: Candidates, mode: str) -> list[tuple[str, float]]:
+        """One best-first ranking of the candidates: the mode's own, or the hybrid fusion of both."""
+        if mode != "hybrid":
+            return best_first(found.scores(mode))
+        if self.fusion == "rrf":
+            rankings = {name: found.ranking(name) for name in found.per}
+            return rrf(rankings, self.rrf_k)
+        scores = {name: found.scores(name) for name in found.per}
+        return weighted(scores, {"dense": self.dense_weight, "lexical": 1 - self.dense_weight})
 
-        def complete(ids: list[str], with_vectors: bool) -> None:
-            """Fetch what the retrievers did not give: the chunk, its vector, and the dense score of a
-            chunk only the lexical side found."""
-            wanted = [i for i in ids if i not in chunks or (with_vectors and i not in vectors)]
-            need_vectors = with_vectors or any(i not in dense for i in wanted)
-            for chunk, vector in self.store.get(wanted, embeddings=need_vectors):
-                chunks[chunk.id] = chunk
-                if vector is not None:
-                    vectors[chunk.id] = vector
-                if chunk.id not in dense:
-                    # In the store's space, so a lexical-only hit's dense score means what the store's do.
-                    dense[chunk.id] = float(similarity(vector[None, :], query, self.store.space)[0])
-
+    def _narrow(self, question: str, query: np.ndarray, k: int, found: Candidates,
+                ranked: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        """The ranking after the score threshold, MMR and the reranker; the chunks it shows fetched."""
         # The threshold and MMR look at every candidate; otherwise only the hits shown are completed.
-        head = len(ranked) if head_depth is None else head_depth
-        complete([i for i, _ in ranked[:head]], with_vectors=self.mmr)
-        ranked = [(i, s) for i, s in ranked[:head] if i in chunks]  # a stale lexical id is never shown
+        head = self._head_depth(k)
+        shown = ranked if head is None else ranked[:head]
+        self._complete(found, [i for i, _ in shown], query, with_vectors=self.mmr)
+        ranked = [(i, s) for i, s in shown if i in found.chunks]  # a stale lexical id is never shown
         if self.score_threshold is not None:
-            ranked = [(i, s) for i, s in ranked if dense[i] >= self.score_threshold]
+            ranked = [(i, s) for i, s in ranked if found.dense[i] >= self.score_threshold]
         if self.mmr and ranked:
-            picked = mmr(query, np.stack([vectors[i] for i, _ in ranked]), len(ranked), self.mmr_lambda, self.store.space)
-            ranked = [ranked[p] for p in picked]
+            vectors = np.stack([found.vectors[i] for i, _ in ranked])
+            ranked = [ranked[p] for p in mmr(query, vectors, len(ranked), self.mmr_lambda, self.store.space)]
         if self.reranker is not None and ranked:
             top = ranked[: self._rerank_depth(k)]
-            rerank_scores = self.reranker.score(question, [chunks[i].text for i, _ in top])
-            ranked = sorted(((i, s) for (i, _), s in zip(top, rerank_scores)), key=lambda item: (-item[1], item[0]))
-            per["rerank"] = {i: (s, rank) for rank, (i, s) in enumerate(ranked, start=1)}
+            relevance = self.reranker.score(question, [found.chunks[i].text for i, _ in top])
+            ranked = best_first({i: s for (i, _), s in zip(top, relevance, strict=True)})
+            found.add("rerank", ranked)
+        return ranked
 
-        hits = []
-        for rank, (chunk_id, score) in enumerate(ranked[:k], start=1):
-            scores = {name: ids[chunk_id][0] for name, ids in per.items() if chunk_id in ids}
-            scores["dense"] = dense[chunk_id]
-            ranks = {name: ids[chunk_id][1] for name, ids in per.items() if chunk_id in ids}
-            hits.append(Hit(chunk=chunks[chunk_id], score=float(score), rank=rank, scores=scores, ranks=ranks))
-        return hits
+    def _complete(self, found: Candidates, ids: list[str], query: np.ndarray, *, with_vectors: bool) -> None:
+        """Fetch what the retrievers did not give: the chunk, its vector, and the dense score of a
+        chunk only the lexical side found."""
+        wanted = [i for i in ids if i not in found.chunks or (with_vectors and i not in found.vectors)]
+        need_vectors = with_vectors or any(i not in found.dense for i in wanted)
+        for chunk, vector in self.store.get(wanted, embeddings=need_vectors):
+            found.chunks[chunk.id] = chunk
+            if vector is not None:
+                found.vectors[chunk.id] = vector
+                if chunk.id not in found.dense:
+                    # In the store's space, so a lexical-only hit's dense score means what the store's do.
+                    found.dense[chunk.id] = float(similarity(vector[None, :], query, self.store.space)[0])
 
     def similar_to(self, vector: np.ndarray, k: int | None = None, *, exclude: str | None = None) -> list[Hit]:
         """The chunks nearest ``vector`` by the dense score, leaving out the chunk ``exclude`` (the one
@@ -305,11 +333,23 @@ class Retriever:
         return selection if selection is not None and counter_of(lexical.state) == counter else None
 
     def _dense(self, query: np.ndarray, depth: int, where: dict | None, among: list[str] | None,
-               ids_only: bool) -> list:
-        """The store's nearest ``depth``: (id, score) pairs, or (chunk, score, vector) with the chunks."""
+               ids_only: bool, found: Candidates) -> list[tuple[str, float]]:
+        """The store's nearest ``depth`` as (id, score) pairs; unless ``ids_only``, their chunks (and
+        vectors, for MMR) are kept in ``found`` too."""
         if ids_only:
             return self.store.nearest(query, depth, where, ids=among)
-        return self.store.query(query, depth, where, embeddings=self.mmr, ids=among)
+        pairs = []
+        for chunk, score, vector in self.store.query(query, depth, where, embeddings=self.mmr, ids=among):
+            pairs.append((chunk.id, score))
+            found.chunks[chunk.id] = chunk
+            if vector is not None:
+                found.vectors[chunk.id] = vector
+        return pairs
+
+    def _head_depth(self, k: int) -> int | None:
+        """How many of the ranking get their chunk fetched; None: all (the threshold and MMR look at
+        every candidate)."""
+        return None if (self.score_threshold is not None or self.mmr) else self._rerank_depth(k)
 
     def _rerank_depth(self, k: int) -> int:
         return max(k, self.rerank_top_n) if self.reranker is not None else k

@@ -50,7 +50,8 @@ def server_process(argv: list[str], ready_url: str, log: Path, *, timeout: float
                     break
                 except OSError:
                     if server.poll() is not None or time.monotonic() > deadline:
-                        pytest.fail(f"{Path(argv[0]).name} {' '.join(argv[1:3])} did not start: {log.read_text()[-3000:]}")
+                        command = f"{Path(argv[0]).name} {' '.join(argv[1:3])}"
+                        pytest.fail(f"{command} did not start: {log.read_text()[-3000:]}")
                     time.sleep(0.2)
             yield
         finally:

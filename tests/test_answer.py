@@ -126,7 +126,7 @@ def test_cli_ask_streams_text(store, minilm_path, tiny_lm, capsys):
 
 
 def test_rag_run_writes_answers_and_config(tmp_path, minilm_path, tiny_lm, capsys):
-    docs = make_folder(tmp_path / "docs", PROSE)
+    make_folder(tmp_path / "docs", PROSE)  # run.inputs below names it
     (tmp_path / "questions.txt").write_text(
         'What powers the reactor?\n\n{"id": "q-bread", "question": "Which flour is in the bread?"}\n')
     config = tmp_path / "job.yaml"

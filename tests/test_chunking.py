@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -169,9 +171,9 @@ def test_recursive_chunks_overlap_on_long_prose(tokenizer):
     chunker = Chunker(tokenizer, chunk_size=64, chunk_overlap=16)
     chunks = chunker.split(Document("prose", text, {}))
     assert len(chunks) > 8
-    overlaps = [prev.end - nxt.start for prev, nxt in zip(chunks, chunks[1:])]
+    overlaps = [prev.end - nxt.start for prev, nxt in pairwise(chunks)]
     assert sum(o > 0 for o in overlaps) >= len(overlaps) // 2
-    for prev, nxt in zip(chunks, chunks[1:]):
+    for prev, nxt in pairwise(chunks):
         if nxt.start < prev.end:
             assert 0 < chunker.count_tokens(text[nxt.start : prev.end]) <= 16 + 2
 
@@ -180,7 +182,7 @@ def test_token_windows_are_full_and_overlap(tokenizer):
     chunker = Chunker(tokenizer, strategy="token", chunk_size=50, chunk_overlap=10)
     chunks = chunker.split(Document("prose", PROSE, {}))
     assert all(chunker.count_tokens(c.text) == 50 for c in chunks[:-1])
-    assert all(nxt.start < prev.end for prev, nxt in zip(chunks, chunks[1:]))
+    assert all(nxt.start < prev.end for prev, nxt in pairwise(chunks))
 
 
 def test_limit_is_the_smaller_of_chunk_size_and_model_limit(tokenizer):
@@ -322,7 +324,7 @@ def test_bad_settings_name_the_key(values, key):
 
 def test_overlap_beyond_the_models_limit_names_the_key(tokenizer):
     # chunk_size 512 is fine as a setting, but the model takes 128 tokens: the overlap no longer fits.
-    with pytest.raises(ConfigError, match="chunking.chunk_overlap .* capped by the model's 128"):
+    with pytest.raises(ConfigError, match=r"chunking\.chunk_overlap .* capped by the model's 128"):
         Chunker(tokenizer, chunk_size=512, chunk_overlap=200, max_tokens=128)
 
 
@@ -332,3 +334,23 @@ def test_a_slow_tokenizer_is_refused():
 
     with pytest.raises(ModelError, match="fast tokenizer"):
         Chunker(SlowTokenizer())
+
+
+@pytest.mark.parametrize("strategy", ["recursive", "markdown"])
+def test_a_long_table_is_cut_between_rows_and_names_its_header(tokenizer, strategy):
+    header = "| City | Country | Population |\n| --- | --- | --- |"
+    rows = "\n".join(f"| City number {i} | Country {i % 7} | {1000 + i} thousand |" for i in range(40))
+    text = f"# Places\n\nSome prose before the table.\n\n{header}\n{rows}\n\nProse after the table."
+    chunks = check_invariants(Chunker(tokenizer, strategy=strategy, chunk_size=64, chunk_overlap=8),
+                              Document("places", text, {}))
+    table_chunks = [c for c in chunks if "| City number" in c.text]
+    assert len(table_chunks) > 2
+    for chunk in table_chunks:
+        rows_here = [line for line in chunk.text.split("\n") if "City number" in line]
+        assert all(line.startswith("|") and line.endswith("|") for line in rows_here)
+        if header in chunk.text:
+            assert "table_header" not in chunk.metadata
+        else:
+            assert chunk.metadata["table_header"] == header
+    assert header in table_chunks[0].text  # the header starts with rows of its own, not alone
+    assert all("table_header" not in c.metadata for c in chunks if "Prose after" in c.text and "| City" not in c.text)

@@ -42,7 +42,13 @@ from rag.stores.bm25 import LexicalIndex
 # chunks and more than one write batch (WRITE_BATCH).
 CHUNKING = {"chunk_size": 10, "chunk_overlap": 1}
 WRITE_BATCH = 128  # ingest.write_batch: chunks embedded and written together
-WORDS = ["river", "mountain", "harbor", "lantern", "violin", "meadow", "falcon", "quarry", "turbine", "saddle", "ledger", "invoice", "tariff", "voltage", "copper", "silicon", "harvest", "orchard", "glacier", "canyon", "reactor", "boron", "mirror", "helium", "galaxy", "bread", "flour", "garden", "window", "engine", "signal", "planet", "market", "winter", "summer", "forest", "island", "bridge", "castle", "doctor", "teacher", "pilot", "farmer", "sailor", "painter", "author", "island", "coffee", "butter", "pepper", "cotton", "marble"]
+WORDS = [
+    "river", "mountain", "harbor", "lantern", "violin", "meadow", "falcon", "quarry", "turbine", "saddle", "ledger",
+    "invoice", "tariff", "voltage", "copper", "silicon", "harvest", "orchard", "glacier", "canyon", "reactor",
+    "boron", "mirror", "helium", "galaxy", "bread", "flour", "garden", "window", "engine", "signal", "planet",
+    "market", "winter", "summer", "forest", "island", "bridge", "castle", "doctor", "teacher", "pilot", "farmer",
+    "sailor", "painter", "author", "island", "coffee", "butter", "pepper", "cotton", "marble",
+]
 SMALL = (6, 14, 30, 60, 110, 200)  # words per file, cycled over the 30 files: ~330 chunks
 LARGE = (12, 28, 60, 120, 220, 400)  # ~620 chunks, three write batches
 
@@ -191,7 +197,7 @@ def crash_and_recover(point: str, child: IngestChild, folder: Path, store: Path,
     before = snapshot(store, model)
     outcome.stored_at_kill = len(before.chunks)
     outcome.lexical_at_kill = (store / "lexical").is_dir() and any((store / "lexical").rglob("CURRENT"))
-    rc, report, err = rerun(folder, store, model, capsys)
+    rc, _, err = rerun(folder, store, model, capsys)
     outcome.rerun_rc = rc
     outcome.rerun_traceback = "Traceback" in err
     if rc != 0:

@@ -56,7 +56,6 @@ def test_gguf_is_converted_once_into_a_cache_keyed_by_content(gguf_cache, tmp_pa
 
 
 def test_default_generator_answers_the_readme_question_with_its_source(gguf_cache, tmp_path, minilm_path):
-    _, folder, _ = gguf_cache
     pipeline = Pipeline.from_config({"store": {"path": str(tmp_path / "store")}})  # every default
     pipeline.ingest([SAMPLE_DOCS])
     answer = pipeline.ask(QUESTION)

@@ -141,12 +141,14 @@ SQUAD = {
     "version": "1.1",
     "data": [
         {"title": "Moon", "paragraphs": [
-            {"context": "The Moon orbits the Earth once every 27.3 days. It is the fifth largest moon in the Solar System.",
+            {"context": "The Moon orbits the Earth once every 27.3 days. "
+                        "It is the fifth largest moon in the Solar System.",
              "qas": [{"id": "m1", "question": "How long does the Moon take to orbit the Earth?",
                       "answers": [{"text": "27.3 days", "answer_start": 37}]}]},
             {"context": "The first crewed landing on the Moon was Apollo 11 in 1969.",
              "qas": [{"id": "m2", "question": "Which mission first landed people on the Moon?",
-                      "answers": [{"text": "Apollo 11", "answer_start": 41}, {"text": "Apollo 11 in 1969", "answer_start": 41}]}]},
+                      "answers": [{"text": "Apollo 11", "answer_start": 41},
+                                  {"text": "Apollo 11 in 1969", "answer_start": 41}]}]},
         ]},
         {"title": "Coffee", "paragraphs": [
             {"context": "Coffee is brewed from roasted beans of the Coffea plant, first cultivated in Yemen.",

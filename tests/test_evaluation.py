@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -201,7 +202,7 @@ def _random_run_and_qrels(seed: int, n_queries: int = 200):
         grades = rng.integers(0, 3, size=n_judged)
         if grades.max() == 0:  # queries without relevant docs are skipped here and by design
             grades[0] = int(rng.integers(1, 3))
-        qrels[qid] = {pool[i]: int(g) for i, g in zip(judged, grades)}
+        qrels[qid] = {pool[i]: int(g) for i, g in zip(judged, grades, strict=True)}
         # also judge some docs that are never retrieved
         for extra in range(int(rng.integers(0, 4))):
             qrels[qid][f"unret{extra}"] = int(rng.integers(0, 3))
@@ -209,7 +210,7 @@ def _random_run_and_qrels(seed: int, n_queries: int = 200):
         retrieved = rng.choice(len(pool), size=n_ret, replace=False)
         # coarse scores so ties are frequent
         scores = rng.integers(0, 8, size=n_ret) / 4.0
-        run[qid] = {pool[i]: float(s) for i, s in zip(retrieved, scores)}
+        run[qid] = {pool[i]: float(s) for i, s in zip(retrieved, scores, strict=True)}
     return run, qrels
 
 
@@ -340,7 +341,7 @@ def test_read_beir_corpus_streams(tmp_path):
 
 
 def test_read_beir_corpus_errors(tmp_path):
-    with pytest.raises(ConfigError, match="missing.jsonl"):
+    with pytest.raises(ConfigError, match=re.escape("missing.jsonl")):
         read_beir_corpus(tmp_path / "missing.jsonl")  # raised at the call, not at next()
     path = tmp_path / "corpus.jsonl"
     path.write_text('{"_id": "d1", "text": "one"}\n{"_id": "d2", "text": \n', encoding="utf-8")
@@ -388,7 +389,7 @@ def test_read_qrels_bad_lines(tmp_path):
     path.write_text("q1\td1\t1\nq1\td1\t2\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"qrels\.tsv:2.*twice"):
         read_qrels(path)
-    with pytest.raises(ConfigError, match="nothere.tsv"):
+    with pytest.raises(ConfigError, match=re.escape("nothere.tsv")):
         read_qrels(tmp_path / "nothere.tsv")
 
 
@@ -405,11 +406,17 @@ def _squad_doc():
                             {
                                 "id": "a1",
                                 "question": "Who won?",
-                                "answers": [{"text": "Denver", "answer_start": 0}, {"text": "Denver", "answer_start": 0}],
+                                "answers": [
+                                    {"text": "Denver", "answer_start": 0},
+                                    {"text": "Denver", "answer_start": 0},
+                                ],
                             }
                         ],
                     },
-                    {"context": "It was in 2016.", "qas": [{"id": "a2", "question": "When?", "answers": [{"text": "2016", "answer_start": 10}]}]},
+                    {
+                        "context": "It was in 2016.",
+                        "qas": [{"id": "a2", "question": "When?", "answers": [{"text": "2016", "answer_start": 10}]}],
+                    },
                 ],
             },
             {"title": "Warsaw", "paragraphs": [{"context": "Warsaw is a city.", "qas": []}]},
@@ -441,7 +448,7 @@ def test_read_squad_errors(tmp_path):
     path.write_text(json.dumps(doc), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"squad\.json.*data\[0\]\.paragraphs\[1\]\.qas\[0\].*question"):
         read_squad(path)
-    with pytest.raises(ConfigError, match="nothere.json"):
+    with pytest.raises(ConfigError, match=re.escape("nothere.json")):
         read_squad(tmp_path / "nothere.json")
 
 

@@ -36,7 +36,8 @@ def test_ingest_is_idempotent_and_incremental(tmp_path, pipeline):
     assert (again.added, again.updated, again.unchanged, again.chunks_embedded) == (0, 0, 3, 0)
     assert all_chunks(pipeline).keys() == before.keys()
 
-    (docs / "beta.txt").write_text("Beta notes were rewritten: the telescope now studies radio waves.", encoding="utf-8")
+    rewritten = "Beta notes were rewritten: the telescope now studies radio waves."
+    (docs / "beta.txt").write_text(rewritten, encoding="utf-8")
     edited = pipeline.ingest([docs])
     assert (edited.updated, edited.unchanged, edited.added) == (1, 2, 0)
     after = all_chunks(pipeline)
@@ -202,7 +203,7 @@ def test_rag_command_installed_json_stdout_only(tmp_path, minilm_path):
         pytest.skip("the rag command is not installed in this environment (pip install -e .)")
     command = [str(rag), "ingest", str(docs), "--json", "--store", str(tmp_path / "s"),
                "--set", f"embedding.model={minilm_path}"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["added"] == 3
 
@@ -218,7 +219,8 @@ def test_pipelined_ingest_equals_one_batch_at_a_time(tmp_path, minilm_path, monk
     docs = make_folder(tmp_path / "docs", {**files, **PROSE})
 
     def stored(store_dir: Path, write_batch: int = 1024, ahead: bool = True) -> dict:
-        pipeline = Pipeline.from_config({"store": {"path": str(store_dir)}, "ingest": {"prepare_ahead": ahead, "write_batch": write_batch},
+        pipeline = Pipeline.from_config({"store": {"path": str(store_dir)},
+                                         "ingest": {"prepare_ahead": ahead, "write_batch": write_batch},
                                          # float32: its vectors do not depend on the batch
                                          "embedding": {"model": str(minilm_path), "dtype": "float32"}})
         pipeline.ingest([docs])

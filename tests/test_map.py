@@ -65,7 +65,7 @@ def rendered(page: Path) -> BeautifulSoup:
     done = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True, text=True, timeout=180, check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return BeautifulSoup(done.stdout, "html.parser")

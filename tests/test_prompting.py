@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -83,7 +84,8 @@ def test_template_given_as_path_with_variables(tmp_path):
 
 
 def test_a_template_may_show_the_conversation_before_the_question(tmp_path):
-    path = write_template(tmp_path, "{% for m in history %}{{ m.role }}: {{ m.content }}\n{% endfor %}Q: {{ question }}")
+    source = "{% for m in history %}{{ m.role }}: {{ m.content }}\n{% endfor %}Q: {{ question }}"
+    path = write_template(tmp_path, source)
     history = [{"role": "user", "content": "Who runs <tok>?"}, {"role": "assistant", "content": "Ada {{ 1 }}."}]
     shout = str.upper  # stands for the generator's neutralize: applied to every message as to the question
     prompt = PromptBuilder(path).render("and since when?", [], escape=shout, history=history)
@@ -112,7 +114,7 @@ def test_syntax_error_names_file_and_line(tmp_path):
 
 def test_unclosed_block_is_a_prompt_error(tmp_path):
     path = write_template(tmp_path, "{% for s in sources %}\n{{ s.text }}\n", "unclosed.j2")
-    with pytest.raises(PromptError, match="unclosed.j2"):
+    with pytest.raises(PromptError, match=re.escape("unclosed.j2")):
         PromptBuilder(path)
 
 
@@ -174,7 +176,8 @@ def measure():
 
 
 def varied_texts(n: int) -> list[str]:
-    words = ["retrieval", "grounds", "the", "answer", "in", "documents", "that", "the", "model", "never", "saw", "during", "training"]
+    words = ["retrieval", "grounds", "the", "answer", "in", "documents", "that", "the", "model", "never", "saw",
+             "during", "training"]
     return [" ".join(words[(i * 3) % len(words) :] + words) * (1 + i % 4) + f" (chunk {i})" for i in range(n)]
 
 
@@ -221,7 +224,7 @@ def test_pack_uses_few_measurements(measure):
         return measure(text)
 
     budget = measure(builder.render("q", hits[:23])) + 1
-    prompt, kept, dropped = builder.pack("q", hits, counting, budget)
+    _, kept, dropped = builder.pack("q", hits, counting, budget)
     assert len(kept) == 23 and dropped == 41
     assert len(calls) <= 10  # binary search, not one render per hit
 
@@ -247,7 +250,7 @@ def test_pack_with_no_hits(measure):
         ("A [2] and B [1] and again [2].", 3, ([2, 1], [])),
         ("Both [1, 2] here; also [3;1].", 3, ([1, 2, 3], [])),
         ("Adjacent [1][3].", 3, ([1, 3], [])),
-        ("Range [1-3] and [2–4].", 3, ([1, 2, 3], [4])),
+        ("Range [1-3] and [2\N{EN DASH}4].", 3, ([1, 2, 3], [4])),
         ("Reversed [3-1].", 3, ([3, 1], [])),
         ("Out of range [0] [7] [1].", 3, ([1], [0, 7])),
         ("Spaced [ 2 ] and [Source 3] and [sources 1 and 2].", 3, ([2, 3, 1], [])),

@@ -174,8 +174,9 @@ def test_reranker_mechanics(tmp_path, config, minilm_path):
 
     folder = tmp_path / "tiny-cross-encoder"
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
-    BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1,
-                                             num_attention_heads=2, intermediate_size=64, num_labels=1)).save_pretrained(folder)
+    tiny = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64, num_labels=1)
+    BertForSequenceClassification(tiny).save_pretrained(folder)
     Pipeline.from_config(config).ingest([make_folder(tmp_path / "docs", PROSE)])
     plain = Pipeline.from_config(config).search("reactor", k=3, mode="dense")
     reranked = Pipeline.from_config({**config, "rerank": {"model": str(folder), "top_n": 5}}).search("reactor", k=3)
@@ -267,7 +268,8 @@ def test_searching_among_ids_is_the_filtered_query(mixed_store):
 PROSE_WHERES = [
     {"format": "text"}, {"format": {"$ne": "text"}}, {"format": {"$in": ["markdown"]}},
     {"format": {"$nin": ["markdown"]}}, {"start": {"$gte": 1}}, {"start": {"$lt": 400}}, {"end": {"$lte": 2000}},
-    {"$or": [{"format": "markdown"}, {"start": {"$gt": 1000}}]}, {"$and": [{"format": "text"}, {"file_chunks": {"$gte": 2}}]},
+    {"$or": [{"format": "markdown"}, {"start": {"$gt": 1000}}]},
+    {"$and": [{"format": "text"}, {"file_chunks": {"$gte": 2}}]},
     {"format": "text", "start": {"$gte": 1}}, {"format": "pdf"},
 ]
 
@@ -353,5 +355,5 @@ def test_ingest_keeps_the_metadata_in_step(tmp_path, config):
     lexical = LexicalIndex(Path(config["store"]["path"]) / "lexical" / "rag")
     assert lexical.load() and lexical.has_metadata and lexical.state == pipeline.store.state
     sources = sorted({m["source"] for _, m in pipeline.store.iter_metadata()})
-    for where in PROSE_WHERES + [{"source": sources[0]}, {"source": {"$nin": sources[:2]}}, {"title": "Delta"}]:
+    for where in [*PROSE_WHERES, {"source": sources[0]}, {"source": {"$nin": sources[:2]}}, {"title": "Delta"}]:
         assert set(lexical.select(where)) == pipeline.store.ids(where), where

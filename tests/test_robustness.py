@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ import time
 import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -366,7 +368,7 @@ def test_oversized_file_is_skipped_before_it_is_read(tmp_path, minilm_path, caps
     run_cli(capsys, "info", "--store", str(tmp_path / "store"))  # imports done before measuring
     tracemalloc.start()
     try:
-        rc, out, err = run_cli(capsys, *args)
+        rc, out, _ = run_cli(capsys, *args)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -383,6 +385,8 @@ MAGIC = {
     ".pdf": b"%PDF-1.4\n", ".docx": b"PK\x03\x04", ".pptx": b"PK\x03\x04", ".xlsx": b"PK\x03\x04",
     ".html": b"<html><body>", ".htm": b"<div>", ".md": b"---\ntitle: x\n---\n", ".json": b'[{"text": ',
     ".jsonl": b'{"text": "a"}\n', ".csv": b"a,b\n", ".txt": b"", ".mdx": b"# ",
+    ".png": b"\x89PNG\r\n\x1a\n", ".jpg": b"\xff\xd8\xff\xe0", ".jpeg": b"\xff\xd8\xff\xe0", ".tif": b"II*\x00",
+    ".tiff": b"MM\x00*", ".bmp": b"BM", ".webp": b"RIFF\x00\x00\x00\x00WEBPVP8 ",
 }
 
 
@@ -414,9 +418,9 @@ def test_yaml_tags_are_not_executed(tmp_path, capsys):
     config = tmp_path / "evil.yaml"
     config.write_text(f'store: !!python/object/apply:os.system ["touch {marker}"]\n'
                       f'retrieval:\n  k: !!python/object/apply:os.system ["touch {marker}"]\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match="evil.yaml"):
+    with pytest.raises(ConfigError, match=re.escape("evil.yaml")):
         load_settings(config)
-    rc, out, err = run_cli(capsys, "info", "--config", str(config))
+    rc, _, err = run_cli(capsys, "info", "--config", str(config))
     assert rc == 2 and "evil.yaml" in one_line_error(err)
     assert not marker.exists()
 
@@ -511,14 +515,14 @@ def test_template_reaching_for_python_internals_fails_via_rag_ask(answer_setup, 
     marker = root / "escaped"
     template = root / "escape.j2"
     template.write_text(source.replace("MARKER", str(marker)) + "\n{{ question }}\n", encoding="utf-8")
-    rc, out, err = run_cli(capsys, "ask", "What is the alpha reactor?", *sets, "--set", f"prompt.template={template}")
+    rc, _, err = run_cli(capsys, "ask", "What is the alpha reactor?", *sets, "--set", f"prompt.template={template}")
     line = one_line_error(err)
     assert rc == 2 and "sandbox" in line and "escape.j2" in line
     assert not marker.exists()
 
 
 def test_questions_and_documents_are_never_template_code(answer_setup, capsys, minilm_path):
-    root, generator, store, sets = answer_setup
+    _, generator, store, sets = answer_setup
     pipeline = Pipeline.from_config({
         "store": {"path": str(store)}, "embedding": {"model": str(minilm_path)},
         "generation": {"model": str(generator), "max_new_tokens": 4},
@@ -529,7 +533,7 @@ def test_questions_and_documents_are_never_template_code(answer_setup, capsys, m
     assert "{{ 7*7 }} and {% for i in range(3) %}loop{% endfor %}" in answer.prompt
     # Paths in the prompt may hold any digits: look for the rendered values where they would land.
     assert "Which 49" not in answer.prompt and "49 and" not in answer.prompt and "looplooploop" not in answer.prompt
-    rc, out, err = run_cli(capsys, "ask", "What is {{ 7*7 }}?", *sets, "--json")
+    rc, _, err = run_cli(capsys, "ask", "What is {{ 7*7 }}?", *sets, "--json")
     assert rc == 0 and "Traceback" not in err
 
 
@@ -567,8 +571,8 @@ def test_remote_code_stays_off_unless_configured(tmp_path, minilm_path, capsys):
     evil = remote_code_model(tmp_path / "evil-model", minilm_path, marker)
     docs = make_folder(tmp_path / "docs", {"a.txt": "Some text to embed."})
 
-    rc, out, err = run_cli(capsys, "ingest", str(docs), "--store", str(tmp_path / "s1"),
-                           "--set", f"embedding.model={evil}")
+    rc, _, err = run_cli(capsys, "ingest", str(docs), "--store", str(tmp_path / "s1"),
+                         "--set", f"embedding.model={evil}")
     line = one_line_error(err)
     assert rc == 2 and "embedding.model" in line
     assert not marker.exists()
@@ -593,7 +597,7 @@ def test_remote_code_runs_only_when_the_config_turns_it_on(tmp_path, minilm_path
     result = subprocess.run(
         [sys.executable, "-m", "rag.cli", "ingest", str(docs), "--store", str(tmp_path / "store"),
          "--set", f"embedding.model={evil}", "--set", "embedding.trust_remote_code=true"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert marker.exists(), result.stderr
     assert "Traceback" not in result.stderr
@@ -602,7 +606,7 @@ def test_remote_code_runs_only_when_the_config_turns_it_on(tmp_path, minilm_path
 class _Recorder(BaseHTTPRequestHandler):
     """A pretend Chroma server that refuses everyone, remembering the Authorization headers it saw."""
 
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []  # shared on purpose: the server makes a handler per request
 
     def do_GET(self):
         type(self).seen.append(self.headers.get("Authorization", ""))

@@ -296,7 +296,7 @@ def test_listening_beyond_loopback_without_a_key_is_refused(tmp_path, minilm_pat
     env = {k: v for k, v in child_env().items() if k != "RAG_API_KEY"}
     done = subprocess.run([sys.executable, "-m", "rag.cli", "serve", "--config", str(config), "--host", "0.0.0.0",
                            "--port", str(free_port())], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, check=False)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "API key" in lines[0] and "0.0.0.0" in lines[0]

@@ -4,6 +4,7 @@ ranks, the space fixed with the collection; nearest chunks (`rag similar`) and n
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -44,8 +45,8 @@ def brute_force(pipeline: Pipeline, question: str, space: str) -> dict[str, floa
     query = pipeline.embedder.embed_queries([question])[0].astype(np.float64)
     store = pipeline.store
     scores = {}
-    for chunk, vector in store.get(sorted(store.ids()), embeddings=True):
-        vector = vector.astype(np.float64)
+    for chunk, stored in store.get(sorted(store.ids()), embeddings=True):
+        vector = stored.astype(np.float64)
         if space == "cosine":
             scores[chunk.id] = vector @ query / (np.linalg.norm(vector) * np.linalg.norm(query))
         elif space == "ip":
@@ -100,9 +101,9 @@ def test_the_space_is_fixed_with_the_collection(tmp_path, minilm_path):
     settings = config(tmp_path, minilm_path, "ip")
     Pipeline.from_config(settings).ingest([docs])
     other = {**settings, "embedding": {**settings["embedding"], "space": "l2"}}
-    with pytest.raises(StoreError, match="built with embedding.space='ip', not 'l2'"):
+    with pytest.raises(StoreError, match=re.escape("built with embedding.space='ip', not 'l2'")):
         Pipeline.from_config(other).search("reactor")
-    with pytest.raises(StoreError, match="embedding.space='ip'"):
+    with pytest.raises(StoreError, match=re.escape("embedding.space='ip'")):
         Pipeline.from_config(other).ingest([docs])
     # Through the command line: one line, exit 2.
     assert main(["search", "reactor", "--store", settings["store"]["path"], "--set", f"embedding.model={minilm_path}",

@@ -68,7 +68,9 @@ def from_source(source: object, wanted: str) -> bool:
 
 def cites_source(answer, wanted: str) -> bool:
     for number in answer.citations:
-        if 1 <= number <= len(answer.hits) and from_source(answer.hits[number - 1].chunk.metadata.get("source"), wanted):
+        if not 1 <= number <= len(answer.hits):
+            continue  # a citation of no retrieved chunk
+        if from_source(answer.hits[number - 1].chunk.metadata.get("source"), wanted):
             return True
     return False
 

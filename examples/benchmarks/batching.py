@@ -31,9 +31,14 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -55,7 +60,7 @@ def corpus_chunks(folder: str) -> list[str]:
     return texts
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder")
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
@@ -63,39 +68,68 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    import torch
-    import torch.nn.functional as F
-    from transformers import AutoModel, AutoTokenizer
 
-    from rag.embedding import DEFAULT_MODEL, resolve_model_path
-
-    path = resolve_model_path(DEFAULT_MODEL)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
-    texts = corpus_chunks(args.folder)
+def sampled_token_ids(tokenizer, folder: str, step: int) -> list[list[int]]:
+    """Every ``step``-th of the folder's chunks by length, tokenized, in corpus order."""
+    texts = corpus_chunks(folder)
     encoded_all = tokenizer(texts, truncation=True, max_length=256)["input_ids"]
     by_length = sorted(range(len(texts)), key=lambda i: -len(encoded_all[i]))
-    picked = sorted(by_length[:: args.step])  # back in corpus order: write1024 sorts runs of it
-    encoded = [encoded_all[i] for i in picked]
-    lengths = [len(ids) for ids in encoded]
-    longest_first = sorted(range(len(encoded)), key=lambda i: -lengths[i])
-    hidden_size = model.config.hidden_size
+    picked = sorted(by_length[::step])  # back in corpus order: write1024 sorts runs of it
+    return [encoded_all[i] for i in picked]
 
-    def counted(order: list[int], size: int) -> list[list[int]]:
-        return [order[b : b + size] for b in range(0, len(order), size)]
 
-    def by_tokens(budget: int) -> list[list[int]]:
-        batches, begin = [], 0
-        while begin < len(longest_first):
-            count = max(1, min(32, budget // lengths[longest_first[begin]]))
-            batches.append(longest_first[begin : begin + count])
-            begin += count
-        return batches
+def counted(order: list[int], size: int) -> list[list[int]]:
+    return [order[b : b + size] for b in range(0, len(order), size)]
 
-    def padded(batches: list[list[int]]) -> np.ndarray:
-        out = np.empty((len(encoded), hidden_size), np.float32)
+
+def by_tokens(longest_first: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    batches, begin = [], 0
+    while begin < len(longest_first):
+        count = max(1, min(32, budget // lengths[longest_first[begin]]))
+        batches.append(longest_first[begin : begin + count])
+        begin += count
+    return batches
+
+
+def write_runs(lengths: list[int]) -> list[list[int]]:
+    batches = []
+    for run in counted(list(range(len(lengths))), 1024):
+        batches += counted(sorted(run, key=lambda i: -lengths[i]), 32)
+    return batches
+
+
+def batch_plans(variants: list[str], lengths: list[int], longest_first: list[int]) -> dict[str, list[list[int]]]:
+    """The padded variants' batches (texts by index); exits on a name that is no variant."""
+    plans = {"count32": counted(longest_first, 32), "write1024": write_runs(lengths)}
+    for name in variants:
+        if name.startswith("tokens"):
+            plans[name] = by_tokens(longest_first, lengths, int(name.removeprefix("tokens")))
+    unknown = [v for v in variants if v not in plans and not v.startswith("packed")]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {', '.join(unknown)}")
+    return plans
+
+
+class Encoder:
+    """The sampled chunks' token ids and MiniLM, encoding them padded in given batches or packed."""
+
+    def __init__(self, model, encoded: list[list[int]]):
+        self.model, self.encoded = model, encoded
+        self.lengths = [len(ids) for ids in encoded]
+        self.longest_first = sorted(range(len(encoded)), key=lambda i: -self.lengths[i])
+        self.hidden_size = model.config.hidden_size
+        self.embeddings, self.layers = model.embeddings, model.encoder.layer
+        self.heads = model.config.num_attention_heads
+        self.head_size = self.hidden_size // self.heads
+
+    def padded(self, batches: list[list[int]]) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        model, encoded, lengths = self.model, self.encoded, self.lengths
+        out = np.empty((len(encoded), self.hidden_size), np.float32)
         with torch.inference_mode():
             for batch in batches:
                 width = max(lengths[i] for i in batch)
@@ -110,11 +144,12 @@ def main() -> None:
                 out[batch] = F.normalize(pooled, dim=1).numpy()
         return out
 
-    embeddings, layers = model.embeddings, model.encoder.layer
-    heads = model.config.num_attention_heads
-    head_size = hidden_size // heads
+    def packed_batch(self, seqs: list[list[int]]) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
 
-    def packed_batch(seqs: list[list[int]]) -> torch.Tensor:
+        embeddings, layers = self.embeddings, self.layers
+        hidden_size, heads, head_size = self.hidden_size, self.heads, self.head_size
         sizes = [len(s) for s in seqs]
         ids = torch.tensor([t for s in seqs for t in s])
         positions = torch.cat([torch.arange(n) for n in sizes])
@@ -141,8 +176,11 @@ def main() -> None:
         sums = torch.zeros(len(sizes), hidden_size).index_add_(0, segments, x.float())
         return F.normalize(sums / torch.tensor(sizes, dtype=torch.float32)[:, None], dim=1)
 
-    def packed(budget: int) -> np.ndarray:
-        out = np.empty((len(encoded), hidden_size), np.float32)
+    def packed(self, budget: int) -> np.ndarray:
+        import torch
+
+        encoded, lengths, longest_first = self.encoded, self.lengths, self.longest_first
+        out = np.empty((len(encoded), self.hidden_size), np.float32)
         with torch.inference_mode():
             begin = 0
             while begin < len(longest_first):
@@ -151,42 +189,22 @@ def main() -> None:
                     tokens += lengths[longest_first[end]]
                     end += 1
                 batch = longest_first[begin:end]
-                out[batch] = packed_batch([encoded[i] for i in batch]).numpy()
+                out[batch] = self.packed_batch([encoded[i] for i in batch]).numpy()
                 begin = end
         return out
 
-    def write_runs() -> list[list[int]]:
-        batches = []
-        for run in counted(list(range(len(encoded))), 1024):
-            batches += counted(sorted(run, key=lambda i: -lengths[i]), 32)
-        return batches
 
-    plans = {"count32": counted(longest_first, 32), "write1024": write_runs()}
-    for name in args.variants.split(","):
-        if name.startswith("tokens"):
-            plans[name] = by_tokens(int(name.removeprefix("tokens")))
-    variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in plans and not v.startswith("packed")]
-    if unknown:
-        raise SystemExit(f"--variants: unknown {', '.join(unknown)}")
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
-    def run(name: str) -> np.ndarray:
-        return packed(int(name.removeprefix("packed"))) if name.startswith("packed") else padded(plans[name])
 
-    real = sum(lengths)
-    padding = {name: sum(len(b) * max(lengths[i] for i in b) for b in plans[name]) / real - 1 for name in plans}
-    for name in variants:
-        if name.startswith("packed"):
-            padding[name] = 0.0
-    padded(plans["count32"][:3])  # warm-up
+def timed_rounds(run: Callable[[str], np.ndarray], variants: list[str], rounds: int):
+    """Each variant's wall seconds and busy cores per round, the variants in alternating order; its last vectors."""
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     cores: dict[str, list[float]] = {name: [] for name in variants}
-
-    def cpu_seconds() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
     vectors: dict[str, np.ndarray] = {}
-    for round_ in range(args.rounds):
+    for round_ in range(rounds):
         for name in variants if round_ % 2 == 0 else variants[::-1]:
             started, cpu = time.perf_counter(), cpu_seconds()
             vectors[name] = run(name)
@@ -194,6 +212,48 @@ def main() -> None:
             cores[name].append((cpu_seconds() - cpu) / seconds[name][-1])
         print(f"round {round_ + 1}: " + ", ".join(f"{n} {s[-1]:.2f} s" for n, s in seconds.items()),
               file=sys.stderr, flush=True)
+    return seconds, cores, vectors
+
+
+def print_table(result: dict) -> None:
+    print(f"{result['chunks']} chunks, {result['tokens']} tokens, {result['dtype']}, {result['rounds']} rounds, "
+          f"{result['torch_threads']} threads")
+    print(f"{'variant':<12} {'padding':>8} {'best s':>8} {'median s':>9} {'speed best':>11} {'speed median':>13} "
+          f"{'min cos':>8} {'cores':>6}")
+    for name, row in result["variants"].items():
+        print(f"{name:<12} {row['padding_pct']:>7.1f}% {row['best_s']:>8.2f} {row['median_s']:>9.2f} "
+              f"{row['speed_vs_count32_best']:>10.3f}x {row['speed_vs_count32_median']:>12.3f}x "
+              f"{row['min_cosine_to_count32']:>8.5f} {row['cores_busy']:>6.2f}")
+
+
+def main() -> None:
+    args = parse_args()
+
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from rag.embedding import DEFAULT_MODEL, resolve_model_path
+
+    path = resolve_model_path(DEFAULT_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
+    encoder = Encoder(model, sampled_token_ids(tokenizer, args.folder, args.step))
+    lengths = encoder.lengths
+    variants = args.variants.split(",")
+    plans = batch_plans(variants, lengths, encoder.longest_first)
+
+    def run(name: str) -> np.ndarray:
+        if name.startswith("packed"):
+            return encoder.packed(int(name.removeprefix("packed")))
+        return encoder.padded(plans[name])
+
+    real = sum(lengths)
+    padding = {name: sum(len(b) * max(lengths[i] for i in b) for b in plans[name]) / real - 1 for name in plans}
+    for name in variants:
+        if name.startswith("packed"):
+            padding[name] = 0.0
+    encoder.padded(plans["count32"][:3])  # warm-up
+    seconds, cores, vectors = timed_rounds(run, variants, args.rounds)
     reference = "count32" if "count32" in variants else variants[0]
     rows = {}
     for name in variants:
@@ -206,17 +266,12 @@ def main() -> None:
             "min_cosine_to_count32": float((vectors[name] * vectors[reference]).sum(axis=1).min()),
             "cores_busy": statistics.median(cores[name]),
         }
-    result = {"chunks": len(encoded), "tokens": real, "dtype": args.dtype, "rounds": args.rounds,
+    result = {"chunks": len(lengths), "tokens": real, "dtype": args.dtype, "rounds": args.rounds,
               "torch_threads": torch.get_num_threads(), "variants": rows}
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{len(encoded)} chunks, {real} tokens, {args.dtype}, {args.rounds} rounds, {torch.get_num_threads()} threads")
-    print(f"{'variant':<12} {'padding':>8} {'best s':>8} {'median s':>9} {'speed best':>11} {'speed median':>13} {'min cos':>8} {'cores':>6}")
-    for name, row in rows.items():
-        print(f"{name:<12} {row['padding_pct']:>7.1f}% {row['best_s']:>8.2f} {row['median_s']:>9.2f} "
-              f"{row['speed_vs_count32_best']:>10.3f}x {row['speed_vs_count32_median']:>12.3f}x "
-              f"{row['min_cosine_to_count32']:>8.5f} {row['cores_busy']:>6.2f}")
+    print_table(result)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ before, clock = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
 report = pipeline.ingest([{corpus!r}])
 after = resource.getrusage(resource.RUSAGE_SELF)
 cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-print("RESULT", {{"chunks": report.chunks_embedded, "wall_s": round(time.perf_counter() - clock, 2), "cpu_s": round(cpu, 2)}})
+wall = time.perf_counter() - clock
+print("RESULT", {{"chunks": report.chunks_embedded, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}})
 """
 BUILD = """
 import sys, numpy as np
@@ -68,7 +69,8 @@ print("RESULT", {{label: round(row["p50_ms"], 1) for label, row in timed["latenc
 
 def run(checkout: Path, code: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(checkout), HF_HUB_OFFLINE="1")
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=checkout, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=checkout, capture_output=True, text=True,
+                          check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         raise SystemExit(f"{checkout}: failed\n{done.stderr[-3000:]}")
@@ -98,7 +100,8 @@ def main() -> None:
             for n in range(3):
                 for name in ("old", "new") if n % 2 == 0 else ("new", "old"):
                     store = tmp / f"store-{name}-{n}"
-                    results["ingest"][name].append(run(checkouts[name], INGEST.format(store=str(store), corpus=str(corpus))))
+                    code = INGEST.format(store=str(store), corpus=str(corpus))
+                    results["ingest"][name].append(run(checkouts[name], code))
                     print(name, "ingest", results["ingest"][name][-1], file=sys.stderr, flush=True)
         if args.size:
             store = str(tmp / "query-store")
@@ -106,7 +109,8 @@ def main() -> None:
             run(checkouts["new"], run_build)
             for n in range(args.rounds):
                 for name in ("old", "new") if n % 2 == 0 else ("new", "old"):
-                    results["query"][name].append(run(checkouts[name], QUERY.format(benchmarks=benchmarks, store=store)))
+                    code = QUERY.format(benchmarks=benchmarks, store=store)
+                    results["query"][name].append(run(checkouts[name], code))
                     print(name, "query", results["query"][name][-1], file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

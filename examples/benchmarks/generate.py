@@ -200,10 +200,11 @@ def median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="a saved causal LM folder (default: build a random Qwen2.5-0.5B-shaped one)")
+    parser.add_argument("--model", default=None,
+                        help="a saved causal LM folder (default: build a random Qwen2.5-0.5B-shaped one)")
     parser.add_argument("--layers", type=int, default=QWEN_SHAPE["num_hidden_layers"],
                         help="layers of the random model (24, as Qwen2.5-0.5B; fewer for smoke tests)")
     parser.add_argument("--docs", default=str(REPO / "examples" / "sample_docs"), help="documents for the tiny store")
@@ -214,90 +215,61 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (torch's default)")
     parser.add_argument("--tmp", default=None, help="where the random model and the store go")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    import torch
 
-    from rag.config import load_settings
-    from rag.pipeline import Pipeline
+def model_to_time(args: argparse.Namespace, tmp: Path, docs: Path) -> tuple[Path, dict | None]:
+    """``--model``'s folder, or a random model built in ``tmp`` and what was built."""
+    if args.model:
+        return Path(args.model), None
+    model_folder = tmp / "model"
+    print(f"building a random Qwen2.5-0.5B-shaped model ({args.layers} layers) in {model_folder}",
+          file=sys.stderr, flush=True)
+    clock = time.perf_counter()
+    built = build_random_model(model_folder, docs, args.layers)
+    built["build_s"] = time.perf_counter() - clock
+    return model_folder, built
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    docs = Path(args.docs)
-    if not docs.is_dir():
-        raise SystemExit(f"--docs: {docs} is not a folder")
-    tmp = Path(tempfile.mkdtemp(prefix="rag-bench-generate-", dir=args.tmp))
-    try:
-        if args.model:
-            model_folder, built = Path(args.model), None
-        else:
-            model_folder = tmp / "model"
-            print(f"building a random Qwen2.5-0.5B-shaped model ({args.layers} layers) in {model_folder}",
-                  file=sys.stderr, flush=True)
-            clock = time.perf_counter()
-            built = build_random_model(model_folder, docs, args.layers)
-            built["build_s"] = time.perf_counter() - clock
 
-        settings = load_settings(None, {
-            "store.path": str(tmp / "store"), "retrieval.k": args.k, "generation.model": str(model_folder),
-            "generation.max_new_tokens": args.max_new_tokens, "generation.temperature": 0.0,
-            "generation.device": args.device,
-        })
-        pipeline = Pipeline(settings, progress=False)
-        report = pipeline.ingest([docs])
-        print(f"store: {report.summary()}", file=sys.stderr, flush=True)
+def interleaved_runs(pipeline, questions: list[str], prompts: list[str], max_new_tokens: int):
+    """Each question through the pipeline and bare, the order alternating; the rows and the prompt mismatches."""
+    generator = pipeline.generator
+    model, tokenizer = generator.model, generator.tokenizer
+    add_special = not generator.uses_chat_template
+    run_bare(model, tokenizer, prompts[0], max_new_tokens, add_special)  # warm-up of the bare path
 
-        questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.prompts)]
-        clock = time.perf_counter()
-        prompts = [pipeline.ask(questions[0]).prompt]
-        cold_s = time.perf_counter() - clock  # loads the generator and the embedder's weights
-        prompts += [pipeline.ask(q).prompt for q in questions[1:]]
-        generator = pipeline.generator
-        model, tokenizer = generator.model, generator.tokenizer
-        add_special = not generator.uses_chat_template
-        run_bare(model, tokenizer, prompts[0], args.max_new_tokens, add_special)  # warm-up of the bare path
+    rows_pipeline, rows_bare, mismatches = [], [], 0
+    for i, (question, prompt) in enumerate(zip(questions, prompts, strict=True)):
+        order = ("pipeline", "bare") if i % 2 == 0 else ("bare", "pipeline")
+        for who in order:
+            if who == "pipeline":
+                row = run_pipeline(pipeline, question)
+                mismatches += row.pop("prompt") != prompt
+                rows_pipeline.append(row)
+            else:
+                rows_bare.append(run_bare(model, tokenizer, prompt, max_new_tokens, add_special))
+        print(f"prompt {i + 1}/{len(questions)}: pipeline TTFT {rows_pipeline[-1]['ttft_s'] * 1000:.0f} ms, "
+              f"bare {rows_bare[-1]['ttft_s'] * 1000:.0f} ms", file=sys.stderr, flush=True)
+    return rows_pipeline, rows_bare, mismatches
 
-        rows_pipeline, rows_bare, mismatches = [], [], 0
-        for i, (question, prompt) in enumerate(zip(questions, prompts)):
-            order = ("pipeline", "bare") if i % 2 == 0 else ("bare", "pipeline")
-            for who in order:
-                if who == "pipeline":
-                    row = run_pipeline(pipeline, question)
-                    mismatches += row.pop("prompt") != prompt
-                    rows_pipeline.append(row)
-                else:
-                    rows_bare.append(run_bare(model, tokenizer, prompt, args.max_new_tokens, add_special))
-            print(f"prompt {i + 1}/{len(questions)}: pipeline TTFT {rows_pipeline[-1]['ttft_s'] * 1000:.0f} ms, "
-                  f"bare {rows_bare[-1]['ttft_s'] * 1000:.0f} ms", file=sys.stderr, flush=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
-    summary = {
-        "pipeline": {key: median(rows_pipeline, key) for key in rows_pipeline[0]},
-        "bare": {key: median(rows_bare, key) for key in rows_bare[0]},
-    }
-    p, b = summary["pipeline"], summary["bare"]
-    ratios = {
+def pipeline_over_bare(p: dict, b: dict) -> dict:
+    """The pipeline's medians over bare's."""
+    return {
         "ttft_generation_only": p["ttft_s"] / b["ttft_s"],
         "ttft_end_to_end": p["ttft_e2e_s"] / b["ttft_s"],
         "tokens_per_s_generation_only": p["tokens_per_s"] / b["tokens_per_s"],
         "tokens_per_s_end_to_end": p["tokens_per_s_e2e"] / b["tokens_per_s"],
-        "decode_tokens_per_s": p["decode_tokens_per_s"] / b["decode_tokens_per_s"] if b["decode_tokens_per_s"] else None,
+        "decode_tokens_per_s": (p["decode_tokens_per_s"] / b["decode_tokens_per_s"]
+                                if b["decode_tokens_per_s"] else None),
     }
-    data = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads(), "device": str(model.device), "dtype": str(model.dtype)},
-        "model": str(args.model) if args.model else {"random": True, **built},
-        "prompts": args.prompts, "max_new_tokens": args.max_new_tokens, "k": args.k,
-        "cold_first_ask_s": cold_s,
-        "prompt_mismatches": mismatches,
-        "summary": summary, "ratios": ratios,
-        "runs": {"pipeline": rows_pipeline, "bare": rows_bare},
-    }
-    if args.json:
-        print(json.dumps(data, indent=2))
-        return
-    what = args.model or f"random Qwen2.5-0.5B-shaped model, {args.layers} layers, {built['parameters'] / 1e6:.0f}M parameters"
+
+
+def print_report(args: argparse.Namespace, built: dict | None, data: dict) -> None:
+    p, b = data["summary"]["pipeline"], data["summary"]["bare"]
+    ratios, cold_s, mismatches = data["ratios"], data["cold_first_ask_s"], data["prompt_mismatches"]
+    what = (args.model
+            or f"random Qwen2.5-0.5B-shaped model, {args.layers} layers, {built['parameters'] / 1e6:.0f}M parameters")
     print(f"model: {what}; {args.prompts} prompts, max_new_tokens {args.max_new_tokens}, k={args.k} (medians)")
     header = (f"{'contender':<10} {'TTFT ms':>8} {'TTFT e2e ms':>12} {'tokens/s':>9} {'tok/s e2e':>10} "
               f"{'decode tok/s':>13} {'prompt tok':>11} {'completion':>11}")
@@ -319,6 +291,61 @@ def main() -> None:
         print(f"WARNING: {mismatches} pipeline runs built a different prompt from the one the bare runs used")
     print("note: TTFT is the first non-empty streamed text piece (TextIteratorStreamer on both sides); "
           "tokens/s counts the tokens actually generated")
+
+
+def main() -> None:
+    args = parse_args()
+
+    import torch
+
+    from rag.config import load_settings
+    from rag.pipeline import Pipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    docs = Path(args.docs)
+    if not docs.is_dir():
+        raise SystemExit(f"--docs: {docs} is not a folder")
+    tmp = Path(tempfile.mkdtemp(prefix="rag-bench-generate-", dir=args.tmp))
+    try:
+        model_folder, built = model_to_time(args, tmp, docs)
+        settings = load_settings(None, {
+            "store.path": str(tmp / "store"), "retrieval.k": args.k, "generation.model": str(model_folder),
+            "generation.max_new_tokens": args.max_new_tokens, "generation.temperature": 0.0,
+            "generation.device": args.device,
+        })
+        pipeline = Pipeline(settings, progress=False)
+        report = pipeline.ingest([docs])
+        print(f"store: {report.summary()}", file=sys.stderr, flush=True)
+
+        questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.prompts)]
+        clock = time.perf_counter()
+        prompts = [pipeline.ask(questions[0]).prompt]
+        cold_s = time.perf_counter() - clock  # loads the generator and the embedder's weights
+        prompts += [pipeline.ask(q).prompt for q in questions[1:]]
+        model = pipeline.generator.model
+        rows_pipeline, rows_bare, mismatches = interleaved_runs(pipeline, questions, prompts, args.max_new_tokens)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    summary = {
+        "pipeline": {key: median(rows_pipeline, key) for key in rows_pipeline[0]},
+        "bare": {key: median(rows_bare, key) for key in rows_bare[0]},
+    }
+    data = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "torch_threads": torch.get_num_threads(), "device": str(model.device), "dtype": str(model.dtype)},
+        "model": str(args.model) if args.model else {"random": True, **built},
+        "prompts": args.prompts, "max_new_tokens": args.max_new_tokens, "k": args.k,
+        "cold_first_ask_s": cold_s,
+        "prompt_mismatches": mismatches,
+        "summary": summary, "ratios": pipeline_over_bare(summary["pipeline"], summary["bare"]),
+        "runs": {"pipeline": rows_pipeline, "bare": rows_bare},
+    }
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return
+    print_report(args, built, data)
 
 
 if __name__ == "__main__":

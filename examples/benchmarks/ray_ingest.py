@@ -51,7 +51,7 @@ def _child(args: list[str]) -> dict:
     """Runs this script with ``args`` in a fresh process; its result line."""
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False",
            "RAY_USAGE_STATS_ENABLED": "0"}
-    done = subprocess.run([sys.executable, str(HERE), *args], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, str(HERE), *args], capture_output=True, text=True, env=env, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")

@@ -158,17 +158,17 @@ def first_byte_over_http(port: int, question: str) -> float:
 
 def in_process_child(args: argparse.Namespace) -> None:
     """The in-process side: one Pipeline over the collection, driven by JSON lines on stdin."""
-    from rag import harness
+    from rag.evaluation import jobs
     from rag.pipeline import Pipeline
     from rag.types import Answer
 
     base = Pipeline.from_yaml(None, sets=args.sets, store={"path": str(args.store)})
-    pipeline = harness._eval_pipeline(base, args.corpus)
+    pipeline = jobs.eval_pipeline(base, args.corpus)
     if not pipeline.info()["chunks"]:
         if not args.qrels:
             raise SystemExit(f"{args.store} has no collection for {args.corpus}; pass --qrels to build it")
         log("building the collection (rag eval retrieval)")
-        harness.evaluate_retrieval(base, args.corpus, args.queries, args.qrels)
+        jobs.evaluate_retrieval(base, args.corpus, args.queries, args.qrels)
     queries = list(evaluation.read_beir_queries(args.queries).values())
 
     def first_byte(question: str) -> float:
@@ -229,7 +229,7 @@ def paused(proc: subprocess.Popen) -> Iterator[None]:
         os.kill(proc.pid, signal.SIGCONT)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("--corpus", required=True)
@@ -243,6 +243,54 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.store = args.store.resolve()
+    return args
+
+
+def searches_under_load(args: argparse.Namespace, child: Child, server: subprocess.Popen, port: int,
+                        queries: list[str]) -> dict:
+    """Part 1: ``--clients`` searching for ``--seconds`` on each side, in alternating halves."""
+    measured: dict[str, tuple[list[float], int]] = {"in_process": ([], 0), "http": ([], 0)}
+    half = args.seconds / 2
+    for order in (("in_process", "http"), ("http", "in_process")):
+        for name in order:
+            log(f"search load: {name}, {args.clients} clients, {half:.0f} s")
+            if name == "http":
+                with paused(child.proc):
+                    latencies, errors = load(http_search(port, args.k), queries, args.clients, half)
+            else:
+                with paused(server):
+                    got = child.call(cmd="search", clients=args.clients, seconds=half)
+                latencies, errors = got["latencies"], got["errors"]
+            measured[name] = (measured[name][0] + latencies, measured[name][1] + errors)
+    search = {name: summary(lat, err, args.seconds) for name, (lat, err) in measured.items()}
+    search["http_overhead_p50"] = search["http"]["p50_ms"] / search["in_process"]["p50_ms"] - 1
+    return search
+
+
+def first_bytes(args: argparse.Namespace, child: Child, server: subprocess.Popen, port: int,
+                queries: list[str]) -> dict:
+    """Part 2: time to the first streamed byte of ``--chats`` answers, the sides alternating question by question."""
+    log(f"time to first byte: {args.chats} questions a side")
+    ttfb: dict[str, list[float]] = {"in_process": [], "http": []}
+    for i, question in enumerate(queries[1:args.chats + 1]):
+        for name in (("in_process", "http") if i % 2 == 0 else ("http", "in_process")):
+            if name == "http":
+                with paused(child.proc):
+                    ttfb[name].append(first_byte_over_http(port, question))
+            else:
+                with paused(server):
+                    ttfb[name].append(child.call(cmd="first", question=question)["first"])
+    chat = {name: {"p50_ms": 1000 * percentile(v, 50), "p95_ms": 1000 * percentile(v, 95),
+                   "mean_ms": 1000 * statistics.fmean(v)} for name, v in ttfb.items()}
+    chat["http_overhead_p50"] = chat["http"]["p50_ms"] / chat["in_process"]["p50_ms"] - 1
+    # Question by question (the same retrieval and prompt on both sides): what HTTP adds.
+    paired = [1000 * (h - i) for h, i in zip(ttfb["http"], ttfb["in_process"], strict=True)]
+    chat["paired_extra_ms_p50"] = percentile(paired, 50)
+    return chat
+
+
+def main() -> None:
+    args = parse_args()
     if args.child:
         return in_process_child(args)
 
@@ -261,38 +309,8 @@ def main() -> None:
                 for query in queries[:20]:  # warm the server
                     http_search(port, args.k)({}, query)
                 first_byte_over_http(port, queries[0])
-            measured: dict[str, tuple[list[float], int]] = {"in_process": ([], 0), "http": ([], 0)}
-            half = args.seconds / 2
-            for order in (("in_process", "http"), ("http", "in_process")):
-                for name in order:
-                    log(f"search load: {name}, {args.clients} clients, {half:.0f} s")
-                    if name == "http":
-                        with paused(child.proc):
-                            latencies, errors = load(http_search(port, args.k), queries, args.clients, half)
-                    else:
-                        with paused(server):
-                            got = child.call(cmd="search", clients=args.clients, seconds=half)
-                        latencies, errors = got["latencies"], got["errors"]
-                    measured[name] = (measured[name][0] + latencies, measured[name][1] + errors)
-            search = {name: summary(lat, err, args.seconds) for name, (lat, err) in measured.items()}
-            search["http_overhead_p50"] = search["http"]["p50_ms"] / search["in_process"]["p50_ms"] - 1
-
-            log(f"time to first byte: {args.chats} questions a side")
-            ttfb: dict[str, list[float]] = {"in_process": [], "http": []}
-            for i, question in enumerate(queries[1:args.chats + 1]):
-                for name in (("in_process", "http") if i % 2 == 0 else ("http", "in_process")):
-                    if name == "http":
-                        with paused(child.proc):
-                            ttfb[name].append(first_byte_over_http(port, question))
-                    else:
-                        with paused(server):
-                            ttfb[name].append(child.call(cmd="first", question=question)["first"])
-            chat = {name: {"p50_ms": 1000 * percentile(v, 50), "p95_ms": 1000 * percentile(v, 95),
-                           "mean_ms": 1000 * statistics.fmean(v)} for name, v in ttfb.items()}
-            chat["http_overhead_p50"] = chat["http"]["p50_ms"] / chat["in_process"]["p50_ms"] - 1
-            # Question by question (the same retrieval and prompt on both sides): what HTTP adds.
-            paired = [1000 * (h - i) for h, i in zip(ttfb["http"], ttfb["in_process"])]
-            chat["paired_extra_ms_p50"] = percentile(paired, 50)
+            search = searches_under_load(args, child, server, port, queries)
+            chat = first_bytes(args, child, server, port, queries)
         finally:
             server.terminate()
             server.wait(timeout=30)

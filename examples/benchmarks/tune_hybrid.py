@@ -14,7 +14,7 @@ import argparse
 import json
 
 from rag import evaluation
-from rag.harness import _eval_pipeline
+from rag.evaluation.jobs import eval_pipeline
 from rag.pipeline import Pipeline
 from rag.retrieval import rrf, weighted
 
@@ -30,7 +30,7 @@ def documents_run(ranked: list[tuple[str, float]], corpus_id: dict[str, str], de
 def fetch_candidates(pipeline: Pipeline, corpus: str, queries_file: str, qrels_file: str, depth: int):
     """Each judged query's (dense, lexical) candidates, best first, from the collection `rag eval
     retrieval` built for ``corpus``; the chunk -> document map; the qrels."""
-    pipeline = _eval_pipeline(pipeline, corpus)
+    pipeline = eval_pipeline(pipeline, corpus)
     queries = evaluation.read_beir_queries(queries_file)
     qrels = evaluation.read_qrels(qrels_file)
     lexical = pipeline.retriever("hybrid").lexical
@@ -62,9 +62,11 @@ def main() -> None:
         if depth > args.depth:
             continue
         for rrf_k in (5, 10, 20, 40, 60, 100):
-            run = {q: documents_run(rrf({"dense": [i for i, _ in d[:depth]], "lexical": [i for i, _ in x[:depth]]}, rrf_k),
-                                    corpus_id) for q, (d, x) in candidates.items()}
-            results.append(({"fusion": "rrf", "rrf_k": rrf_k, "fetch_k": depth}, evaluation.retrieval_metrics(run, qrels)[0]))
+            run = {q: documents_run(rrf({"dense": [i for i, _ in d[:depth]], "lexical": [i for i, _ in x[:depth]]},
+                                        rrf_k), corpus_id)
+                   for q, (d, x) in candidates.items()}
+            results.append(({"fusion": "rrf", "rrf_k": rrf_k, "fetch_k": depth},
+                            evaluation.retrieval_metrics(run, qrels)[0]))
         for weight in (0.3, 0.4, 0.5, 0.6, 0.7):
             run = {q: documents_run(weighted({"dense": dict(d[:depth]), "lexical": dict(x[:depth])},
                                              {"dense": weight, "lexical": 1 - weight}), corpus_id)

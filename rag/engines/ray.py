@@ -58,7 +58,7 @@ def _load_and_chunk(row: dict[str, Any], *, build: Callable[[], IngestStages], t
         work.data = stages.read(path)
     except LoadError as exc:
         return [_failed(work.source, exc.reason)]
-    work.signature = signature_of(stages.salt, work.data)
+    work.signature = signature_of(stages.salt(path), work.data)
     chunk_work(work, stages.load, stages.split)
     if work.status == "failed":
         return [_failed(work.source, work.reason)]
@@ -78,7 +78,8 @@ class EmbedWriter:
         self.store = stages.open_store()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        rows = [(pickle.loads(blob), bool(new)) for blob, new in zip(batch["chunk"], batch["new"]) if len(blob)]
+        pairs = zip(batch["chunk"], batch["new"], strict=True)
+        rows = [(pickle.loads(blob), bool(new)) for blob, new in pairs if len(blob)]
         write_chunks(self.store, self.embed, [c for c, new in rows if new], [c for c, new in rows if not new])
         return batch
 
@@ -174,7 +175,7 @@ class RayEngine:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             finished = []
             for source, signature, blob, new, error in zip(batch["source"], batch["signature"], batch["chunk"],
-                                                           batch["new"], batch["error"]):
+                                                           batch["new"], batch["error"], strict=True):
                 work = todo.get(source)
                 if work is None:  # a row of a file already complete, sent again by a retried task
                     continue

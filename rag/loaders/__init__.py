@@ -17,11 +17,13 @@ from pathlib import Path
 
 from rag.errors import LoadError
 from rag.loaders.base import Part, content_hash, document_id
+from rag.loaders.ocr import OcrOptions, settings_salt
 from rag.loaders.text import decode_bytes
 from rag.text import one_line
 from rag.types import Document
 
-__all__ = ["SUPPORTED_EXTENSIONS", "LoadError", "decode_bytes", "document_id", "iter_files", "load_file", "read_file"]
+__all__ = ["SUPPORTED_EXTENSIONS", "LoadError", "OcrOptions", "decode_bytes", "document_id", "iter_files", "load_file",
+           "ocr_salt", "read_file"]
 
 # extension -> (metadata "format", "module:function" in this package)
 _REGISTRY: dict[str, tuple[str, str]] = {
@@ -37,6 +39,8 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     ".csv": ("csv", "tabular:load_csv"),
     ".json": ("json", "tabular:load_json"),
     ".jsonl": ("json", "tabular:load_jsonl"),
+    # Pictures are read by OCR (the ocr extra): their text is all they hold for a search.
+    **{ext: ("image", "image:load_image") for ext in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")},
 }
 
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(_REGISTRY)
@@ -54,6 +58,13 @@ def _loader(path: Path) -> tuple[str, Callable[..., list[Part]]]:
         return fmt, getattr(importlib.import_module(f"{__name__}.{module}"), function)
     except ImportError as exc:
         raise LoadError(path, f"cannot load {fmt} files: {one_line(exc)} (install the missing package)") from exc
+
+
+def ocr_salt(path: Path, options: OcrOptions) -> str:
+    """What of OCR shapes this file's chunks, for its signature: the OCR settings for a PDF or a
+    picture, nothing for formats OCR never reads (so their signatures do not move with OCR's)."""
+    fmt = _REGISTRY.get(path.suffix.lower(), ("", ""))[0]
+    return settings_salt(options) if fmt in ("pdf", "image") else ""
 
 
 def read_file(path: str | Path, *, max_bytes: int | None = None) -> bytes:
@@ -82,12 +93,14 @@ def read_file(path: str | Path, *, max_bytes: int | None = None) -> bytes:
 
 
 def load_file(
-    path: str | Path, *, json_text_field: str = "text", max_bytes: int | None = None, data: bytes | None = None
+    path: str | Path, *, json_text_field: str = "text", max_bytes: int | None = None, data: bytes | None = None,
+    ocr: OcrOptions | None = None,
 ) -> list[Document]:
     """Load one file into Documents: one per file, or one per page / slide / sheet / record.
 
     ``data``: the file's bytes, already read by ``read_file`` (an ingest hashes them first), so the
-    file is read once. Raises LoadError, and nothing else, for any file that cannot be loaded.
+    file is read once. ``ocr``: how pages without text and pictures are read (default: OcrOptions()).
+    Raises LoadError, and nothing else, for any file that cannot be loaded.
     """
     path = Path(path)
     if data is None:
@@ -96,7 +109,7 @@ def load_file(
     if not data:
         raise LoadError(path, "empty file")
     try:
-        documents = _documents(path, fmt, loader(path, data, json_text_field=json_text_field))
+        documents = _documents(path, fmt, loader(path, data, json_text_field=json_text_field, ocr=ocr))
     except LoadError:
         raise
     except Exception as exc:  # a library's own error on a broken file, reworded as ours
@@ -188,6 +201,7 @@ def _walk(root: Path, include: Sequence[str], exclude: Sequence[str]) -> Iterato
                 yield LoadError(path, "broken or looping symbolic link")
             continue
         if is_dir:
+            assert target is not None  # stat()ed above for every folder
             key = _identity(target)
             if any(_matches(relative, p) for p in exclude) or (entry.is_symlink() and key in visited):
                 continue

@@ -58,3 +58,25 @@ def rows_as_records(rows: list[list[str]]) -> str:
     if not records:  # a header and nothing else is still the file's text
         return " | ".join(name for name in header if name.strip())
     return "\n\n".join(records)
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    """A table as Markdown, one row a line and the first row as header, so that a row's cells stay
+    together through chunking and the chunker can tell a table's header from its rows."""
+    width = max(len(row) for row in rows)
+    lines = []
+    for number, row in enumerate(rows):
+        cells = [" ".join(cell.split()).replace("|", "\\|") for cell in row] + [""] * (width - len(row))
+        lines.append("| " + " | ".join(cells) + " |")
+        if number == 0:
+            lines.append("|" + " --- |" * width)
+    return "\n".join(lines)
+
+
+def table_text(rows: list[list[str]]) -> str:
+    """A table found in a document: Markdown when it has a header and rows over two or more columns;
+    a one-column or one-row "table" (a box drawn around a note) as its lines."""
+    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    if len(rows) >= 2 and max(len(row) for row in rows) >= 2:
+        return markdown_table(rows)
+    return "\n".join(" | ".join(cell for cell in row if cell.strip()) for row in rows)

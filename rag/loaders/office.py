@@ -16,7 +16,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 from rag.errors import LoadError
-from rag.loaders.base import Part, rows_as_records
+from rag.loaders.base import Part, rows_as_records, table_text
 from rag.text import one_line
 
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
@@ -123,15 +123,15 @@ class _ListNumbers:
         for num in numbering.iter(f"{_W}num"):
             ref = num.find(f"{_W}abstractNumId")
             for level, spec in abstract.get(ref.get(f"{_W}val") if ref is not None else None, {}).items():
-                self.levels[(num.get(f"{_W}numId"), level)] = spec
+                self.levels[(str(num.get(f"{_W}numId") or ""), level)] = spec
 
     def marker(self, p: Any, style_name: str) -> str | None:
         """The indented list marker of a paragraph, or None when it is not a list item."""
         num = p.find(f"{_W}pPr/{_W}numPr")
         if num is None:
             return "- " if style_name.lower().startswith("list") else None
-        num_id = num.find(f"{_W}numId")
-        num_id = num_id.get(f"{_W}val") if num_id is not None else None
+        num_el = num.find(f"{_W}numId")
+        num_id = str(num_el.get(f"{_W}val") or "") if num_el is not None else ""
         level_el = num.find(f"{_W}ilvl")
         level = _int(level_el.get(f"{_W}val") if level_el is not None else "0")
         if num_id == "0":  # numbering explicitly switched off
@@ -162,9 +162,9 @@ def load_docx(path: Path, data: bytes, **_options: object) -> list[Part]:
     lists = _ListNumbers(doc)
     for element in _block_children(doc.element.body):
         if element.tag == f"{_W}tbl":
-            rows = [" | ".join(row).rstrip(" |") for row in _table_rows(element)]
-            if rows:
-                blocks.append(("\n".join(rows), False))
+            table = table_text(_table_rows(element))
+            if table:
+                blocks.append((table, False))
             continue
         if element.tag != f"{_W}p":
             continue
@@ -202,13 +202,11 @@ def _shape_lines(shapes: Any) -> Iterator[tuple[str, bool]]:
         if isinstance(shape, GroupShape):
             yield from _shape_lines(shape.shapes)
         elif getattr(shape, "has_table", False) and shape.has_table:
-            rows = []
-            for row in shape.table.rows:  # a merged cell's text once, its spanned cells empty
-                cells = ["" if cell.is_spanned else one_line(cell.text, limit=None) for cell in row.cells]
-                if any(cells):
-                    rows.append(" | ".join(cells).rstrip(" |"))
-            if rows:
-                yield "\n".join(rows), False
+            # a merged cell's text once, its spanned cells empty
+            table = table_text([["" if cell.is_spanned else one_line(cell.text, limit=None) for cell in row.cells]
+                                for row in shape.table.rows])
+            if table:
+                yield table, False
         elif shape.has_text_frame:
             is_title = shape.is_placeholder and shape.placeholder_format.type in title_types
             paragraphs = []
@@ -247,11 +245,10 @@ def load_pptx(path: Path, data: bytes, **_options: object) -> list[Part]:
     parts = []
     for number, slide in enumerate(presentation.slides, start=1):
         blocks, slide_title = [], ""
-        for text, is_title in _shape_lines(slide.shapes):
+        for line, is_title in _shape_lines(slide.shapes):
             if is_title:
-                slide_title = slide_title or one_line(text, limit=None)
-                text = f"# {one_line(text, limit=None)}"
-            blocks.append(text)
+                slide_title = slide_title or one_line(line, limit=None)
+            blocks.append(f"# {one_line(line, limit=None)}" if is_title else line)
         if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
             notes = slide.notes_slide.notes_text_frame.text.strip()
             if notes:

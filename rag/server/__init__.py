@@ -6,6 +6,7 @@ address is safe to bind, loads the models before the first request, and runs it.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import sys
 
@@ -28,10 +29,8 @@ def warm(pipeline) -> None:
     pipeline.generator.load()
     pipeline.prompt  # noqa: B018 - settles the "auto" template, which reads the generator's size
     pipeline.generator.max_new_tokens  # noqa: B018 - settles "auto"
-    try:
+    with contextlib.suppress(RagError):  # no collection yet: the first ingest creates it
         pipeline.retriever()
-    except RagError:
-        pass  # no collection yet: the first ingest creates it
 
 
 def serve(pipeline, *, host: str | None = None, port: int | None = None, api_key: str | None = None) -> None:
@@ -41,7 +40,8 @@ def serve(pipeline, *, host: str | None = None, port: int | None = None, api_key
 
         from rag.server.app import create_app
     except ImportError as exc:
-        raise ConfigError(f'rag serve needs the serve extra: pip install -e ".[serve]" ({exc.name} is missing)') from None
+        raise ConfigError(
+            f'rag serve needs the serve extra: pip install -e ".[serve]" ({exc.name} is missing)') from None
     settings = pipeline.settings.server
     host = host or settings.host
     port = settings.port if port is None else port
@@ -53,5 +53,6 @@ def serve(pipeline, *, host: str | None = None, port: int | None = None, api_key
     warm(pipeline)
     app = create_app(pipeline, api_key=key)
     shown = f"[{host}]" if ":" in host else host
-    print(f"rag: serving on http://{shown}:{port} (model {settings.model_id!r}; chat page at /)", file=sys.stderr, flush=True)
+    print(f"rag: serving on http://{shown}:{port} (model {settings.model_id!r}; chat page at /)",
+          file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

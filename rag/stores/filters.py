@@ -52,7 +52,7 @@ def canonical_where(where: dict | None) -> dict | None:
         if key in ("$and", "$or"):
             if not isinstance(value, list) or not value or not all(isinstance(v, dict) and v for v in value):
                 raise ConfigError(f"retrieval.where: {key} takes a list of filters, got {value!r}")
-            parts = [canonical_where(v) for v in value]
+            parts = [part for v in value if (part := canonical_where(v)) is not None]  # none is empty
             clauses.append(parts[0] if len(parts) == 1 else {key: parts})
         elif key.startswith("$"):
             raise ConfigError(f"retrieval.where: {key!r} is not an operator here; use $and, $or, or a field name")

@@ -1,0 +1,166 @@
+"""Each stage built from its settings section, once, on first use: what rag.pipeline runs the
+chain over. A stage's parameters are named as its settings fields, so a section is handed over
+whole; a stage's own defaults equal the settings' (tests/test_settings.py).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rag.chunking import Chunker
+from rag.config import Settings, dotted_overrides, load_settings
+from rag.embedding import Embedder
+from rag.generation import Generator
+from rag.indexing import IngestStages
+from rag.loaders import load_file, ocr_salt, read_file
+from rag.prompting import PromptBuilder
+from rag.retrieval import Reranker, Retriever
+from rag.stores.bm25 import LexicalIndex
+from rag.stores.chroma import Store
+from rag.stores.files import FileRecord
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+
+class Stages:
+    """The stages of one Settings, built lazily, once, even when threads of a server ask together."""
+
+    def __init__(self, settings: Settings | None = None, *, progress: bool | None = None):
+        self.settings = settings or Settings()
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self._stages: dict[str, Any] = {}
+        self._building = threading.RLock()
+        self._had_chunks = False  # a search has seen the store hold chunks
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None, *, sets: list[str] | None = None, **overrides: Any) -> Self:
+        return cls(load_settings(path, dotted_overrides(overrides), sets))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | Settings | None = None, **overrides: Any) -> Self:
+        if isinstance(config, Settings):
+            return cls(config)
+        flat = dotted_overrides({**(config or {}), **overrides})
+        return cls(load_settings(None, flat))
+
+    def for_collection(self, collection: str) -> Self:
+        """The same settings over another collection (an evaluation corpus's own), sharing the models
+        already loaded; the store, lexical index and retriever are the new collection's."""
+        settings = self.settings.model_copy(deep=True)
+        settings.store.collection = collection
+        other = type(self)(settings, progress=self.progress)
+        shared = ("embedder", "chunker", "generator", "small_generator", "prompt")
+        other._stages.update({name: stage for name, stage in self._stages.items() if name in shared})
+        return other
+
+    def _stage(self, name: str, build: Callable[[], Any]) -> Any:
+        """A stage built on first use, once, even when threads of a server ask for it together."""
+        if name not in self._stages:
+            with self._building:
+                if name not in self._stages:
+                    self._stages[name] = build()
+        return self._stages[name]
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._stage("embedder", lambda: Embedder(**self.settings.embedding.model_dump(exclude={"space"})))
+
+    @property
+    def chunker(self) -> Chunker:
+        return self._stage("chunker", lambda: Chunker(
+            self.embedder.tokenizer, **self.settings.chunking.model_dump(),
+            max_tokens=self.embedder.max_content_tokens))
+
+    @property
+    def store(self) -> Store:
+        return self._stage("store", lambda: Store(**self.settings.store.model_dump(exclude={"lock_timeout"}),
+                                                  space=self.settings.embedding.space))
+
+    def _record(self) -> dict[str, Any]:
+        """What the collection records about how it was built."""
+        chunking = self.settings.chunking
+        return {
+            **self.embedder.describe(),
+            "embedding_space": self.settings.embedding.space,
+            "chunking_strategy": chunking.strategy,
+            "chunking_chunk_size": self.chunker.limit,
+            "chunking_chunk_overlap": chunking.chunk_overlap,
+        }
+
+    def _open_store(self, *, create: bool) -> Store:
+        self.store.open(self._record(), create=create)
+        return self.store
+
+    @property
+    def lexical(self) -> LexicalIndex:
+        folder = Path(self.settings.store.path) / "lexical" / self.settings.store.collection
+        return self._stage("lexical", lambda: LexicalIndex(folder, **self.settings.lexical.model_dump()))
+
+    @property
+    def record(self) -> FileRecord:
+        """The per-file record of the collection, beside its lexical index (rag.stores.files)."""
+        path = Path(self.settings.store.path) / "files" / f"{self.settings.store.collection}.sqlite3"
+        return self._stage("record", lambda: FileRecord(path))
+
+    @property
+    def generator(self) -> Generator:
+        return self._stage("generator", lambda: Generator(**self.settings.generation.model_dump()))
+
+    @property
+    def small_generator(self) -> bool:
+        """Whether the generator gets the small-model answer settings (loads it)."""
+        return self._stage("small_generator", lambda: self.generator.small)
+
+    @property
+    def prompt(self) -> PromptBuilder:
+        def build() -> PromptBuilder:
+            s = self.settings.prompt
+            template = s.template
+            if template == "auto":
+                template = "qa_short" if self.small_generator else "qa_cited"
+            return PromptBuilder(template, variables=s.variables)
+
+        return self._stage("prompt", build)
+
+    def _ingest_stages(self) -> IngestStages:
+        s = self.settings
+        # Settings that change what chunks a file yields: a change re-ingests the file.
+        ocr = s.loading.ocr_options(progress=self.progress)
+        salt = (f"{s.chunking.strategy}:{self.chunker.limit}:{s.chunking.chunk_overlap}:"
+                f"{s.loading.json_text_field}:{self.embedder.model_name}")
+        return IngestStages(
+            read=lambda path: read_file(path, max_bytes=s.loading.max_file_bytes),
+            load=lambda path, data: load_file(path, json_text_field=s.loading.json_text_field, data=data,
+                                              ocr=ocr),
+            split=self.chunker.split, embed=self.embedder.embed_documents, salt=lambda path: salt + ocr_salt(path, ocr),
+            open_store=lambda: self._open_store(create=True),
+        )
+
+    def retriever(self, mode: str | None = None) -> Retriever:
+        """The retriever for ``mode``, built once; the lexical index is checked against the store
+        on every call, so an ingest by another process is seen at once."""
+        s = self.settings.retrieval
+        mode = mode or s.mode
+        store = self._open_store(create=False)
+        lexical = self.lexical.in_step_with(store) if mode in ("lexical", "hybrid") else None
+
+        def build() -> Retriever:
+            r = self.settings.rerank
+            reranker = Reranker(**r.model_dump(exclude={"top_n"})) if r.model else None
+            return Retriever(store=store, embed_query=lambda text: self.embedder.embed_queries([text])[0],
+                             reranker=reranker, rerank_top_n=r.top_n, **s.model_dump())
+
+        retriever = self._stage("retriever", build)
+        if lexical is not None:
+            retriever.lexical = lexical
+        return retriever
+
+
+def ingest_stages(settings: Settings) -> IngestStages:
+    """The ingest stages built from settings alone: what a Ray worker calls to build its own."""
+    return Stages(settings, progress=False)._ingest_stages()
