@@ -67,10 +67,10 @@ def native_bf16_cpu() -> bool:
 
 
 def auto_dtype(device: str) -> torch.dtype:
-    """``embedding.dtype: auto``: float16 on CUDA and MPS, bfloat16 on a CPU with native bf16 (about
-    twice float32's speed there, with retrieval figures unchanged, see the README's Performance
-    section), float32 on other CPUs. 16-bit vectors depend slightly on which texts share a batch
-    (about 1e-3 per component); ``embedding.dtype: float32`` gives batch-independent vectors."""
+    """``embedding.dtype: auto``: float16 on CUDA and MPS, bfloat16 on a CPU with native bf16 (much
+    faster than float32 there, with retrieval quality unchanged: docs/benchmarks.md, Embedding dtype),
+    float32 on other CPUs. 16-bit vectors depend slightly on which texts share a batch;
+    ``embedding.dtype: float32`` gives batch-independent vectors."""
     if device.split(":", maxsplit=1)[0] in ("cuda", "mps"):  # cuda:1 too
         return torch.float16
     return torch.bfloat16 if native_bf16_cpu() else torch.float32
@@ -253,7 +253,7 @@ class Embedder:
         """Consecutive runs of ``order`` (longest first) of at most ``batch_size`` texts and, with
         ``batch_tokens``, at most that many padded tokens. On the CPU a fixed count of texts is the
         wrong unit: 32 texts of 256 tokens made activations that left the cache, and forward passes
-        of at most 2,048 tokens ran 1.06x (bfloat16) to 1.15x (float32) faster (README, Performance)."""
+        under a token budget ran faster (docs/benchmarks.md, Batching)."""
         begin = 0
         while begin < len(order):
             count = self.batch_size
@@ -263,8 +263,8 @@ class Embedder:
             begin += count
 
     def _padded(self, rows: list[list[int]], key: str) -> torch.Tensor:
-        """One padded tensor, on the tokenizer's padding side. Filled in numpy: about 0.5 ms per batch
-        of 32 where transformers' ``pad`` takes about 3 ms, time in which the model does not run."""
+        """One padded tensor, on the tokenizer's padding side. Filled in numpy, several times faster
+        than transformers' ``pad``: time in which the model does not run (docs/benchmarks.md)."""
         fill = (self.tokenizer.pad_token_id or 0) if key == "input_ids" else 0
         array = np.full((len(rows), max(map(len, rows))), fill, dtype=np.int64)
         left = self.tokenizer.padding_side == "left"

@@ -2,7 +2,7 @@
 
 A 135M-parameter model shown five chunks of 256 tokens answers from the wrong one or repeats itself;
 shown the three sentences that best match the question it mostly copies the right fact (measured on
-XQuAD, README "Answers"). Each sentence keeps its place: its ``Hit`` carries the chunk's id and
+XQuAD: docs/benchmarks.md, Answers). Each sentence keeps its place: its ``Hit`` carries the chunk's id and
 metadata, and ``start``/``end`` are offsets in the document (``document.text[start:end]`` is the
 sentence), so a citation of a sentence points at its chunk and at the exact span.
 

@@ -43,8 +43,8 @@ MAX_DEFAULT_CONTEXT = 32768
 FALLBACK_CONTEXT = 2048
 # Generators with fewer parameters are "small": the pipeline shows them the best sentences instead of
 # whole chunks and a short-answer template, and their "auto" answer is one short line. Longer
-# completions from a 135M model were the answer followed by restatement and drift (XQuAD F1 0.085 at
-# 256 tokens, 0.103 at 48 ending at the first line break; 120 questions), and cost a second per answer.
+# completions from a 135M model were the answer followed by restatement and drift: they scored lower
+# on XQuAD and took longer (docs/benchmarks.md, Answers).
 SMALL_GENERATOR = 1_000_000_000
 # What one request may change (Generator.with_options); the rest is the model's and the server's.
 REQUEST_OPTIONS = ("max_new_tokens", "temperature", "top_p", "stop", "seed")

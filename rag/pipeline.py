@@ -30,7 +30,11 @@ from rag.types import Answer, Chunk, Document, Hit, VectorStore
 
 class Pipeline(Stages):
     """One object configured by one Settings (rag.stages builds each stage from it, once, lazily);
-    what flows through the stages: ingest, search, ask and stream."""
+    what flows through the stages: ingest, search, ask and stream.
+
+    Build it with ``Pipeline.from_yaml``, ``Pipeline.from_config`` or ``Pipeline(settings)``;
+    ``progress`` shows progress bars (by default when stderr is a terminal). One Pipeline may serve
+    many threads: each stage is built once, on first use, under a lock."""
 
     # -- ingestion ------------------------------------------------------------------------------
 
@@ -38,7 +42,9 @@ class Pipeline(Stages):
                on_file: Callable[[str], None] | None = None) -> IngestReport:
         """Load, chunk, embed and store every supported file under ``paths`` (see rag.indexing).
         With ``sync``, files ingested before from under ``paths`` that are gone now are removed.
-        ``on_file`` is told each file's path as the ingest reaches it (a server's progress)."""
+        ``on_file`` is told each file's path as the ingest reaches it (a server's progress). Returns
+        the IngestReport: files added, updated, unchanged, removed and failed (with their reasons),
+        chunks embedded and deleted. ``wait=False`` fails at once if another ingest holds the store."""
         roots = [Path(p) for p in paths]
         loading = self.settings.loading
 
@@ -86,6 +92,9 @@ class Pipeline(Stages):
 
     def search(self, query: str, k: int | None = None, *, mode: str | None = None,
                where: dict | None = None) -> list[Hit]:
+        """The ``k`` best chunks for ``query`` (default ``retrieval.k``), best first. ``mode`` and
+        ``where`` (a metadata filter) replace ``retrieval.mode`` and ``retrieval.where`` for this
+        search. An empty query is a RagError, an empty store a StoreError."""
         if not query or not query.strip():
             raise RagError("the query is empty; ask something")
         store = self._open_store(create=False)
@@ -102,7 +111,8 @@ class Pipeline(Stages):
 
     def ask(self, question: str, k: int | None = None, *, mode: str | None = None,
             hits: list[Hit] | None = None, **options: Any) -> Answer:
-        """The whole answer at once; ``options`` as for ``stream``."""
+        """The whole Answer at once: ``stream`` without the pieces. ``options``: ``where``,
+        ``history`` and ``generation``, as for ``stream``."""
         answer = None
         for piece in self.stream(question, k, mode=mode, hits=hits, **options):
             if isinstance(piece, Answer):
@@ -114,11 +124,14 @@ class Pipeline(Stages):
                hits: list[Hit] | None = None, where: dict | None = None,
                history: Sequence[dict[str, str]] = (), generation: dict[str, Any] | None = None,
                ) -> Iterator[str | Answer]:
-        """Yields the answer's text pieces as they are generated, then the finished Answer. ``hits``
-        given: answer from those instead of retrieving (an evaluation's gold passage, or none).
-        ``history``: earlier messages of a conversation, for templates that show them;
-        ``generation``: this answer's own settings (rag.generation.REQUEST_OPTIONS), e.g. a
-        server request's ``max_tokens``."""
+        """Yields the answer's text pieces as they are generated, then the finished Answer.
+
+        ``k``, ``mode`` and ``where`` retrieve as ``search`` does; ``hits`` given: answer from those
+        instead of retrieving (an evaluation's gold passage, or none). ``history``: earlier messages
+        of a conversation (``{"role", "content"}`` dicts), for templates that show them;
+        ``generation``: this answer's own ``max_new_tokens``, ``temperature``, ``top_p``, ``stop``
+        or ``seed`` (rag.generation.REQUEST_OPTIONS), e.g. a server request's ``max_tokens``.
+        Closing the iterator early stops the model."""
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         hits = self.search(question, k, mode=mode, where=where) if hits is None else list(hits)
@@ -208,6 +221,8 @@ class Pipeline(Stages):
     # -- what the store holds -------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
+        """What the store holds and what built it, as `rag info --json` prints it: files, documents
+        and chunks, the embedding model, its dimension, space and dtype, and the chunking settings."""
         store = self.store
         record = store.record()
         exists = bool(record) or store.exists()

@@ -39,10 +39,17 @@ class Stages:
 
     @classmethod
     def from_yaml(cls, path: str | Path | None, *, sets: list[str] | None = None, **overrides: Any) -> Self:
+        """Settings from the YAML file at ``path`` (the defaults when None), then ``overrides`` (a
+        section as a dict, ``generation={"max_new_tokens": 64}``, or one key, ``retrieval__k=5``), then
+        ``sets`` (``"key=value"`` items as ``--set`` takes them, the value read as YAML). Relative paths
+        in the file are read from its folder; an unknown key or a wrong type is a ConfigError naming
+        it and the file."""
         return cls(load_settings(path, dotted_overrides(overrides), sets))
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | Settings | None = None, **overrides: Any) -> Self:
+        """Settings from a dict shaped like the YAML file (``{"retrieval": {"k": 3}}``) or from a
+        Settings, with ``overrides`` as for ``from_yaml``."""
         if isinstance(config, Settings):
             return cls(config)
         flat = dotted_overrides({**(config or {}), **overrides})

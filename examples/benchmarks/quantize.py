@@ -5,7 +5,7 @@ elsewhere).
 Encodes the same texts with each, rotating the order from round to round, and reports texts/s, the
 speed-up over float32, and the cosine between each text's vector and its float32 vector. The effect on
 retrieval quality is measured with `rag eval retrieval --set embedding.quantize=int8` or
-`--set embedding.dtype=bfloat16` (see the README's Performance section).
+`--set embedding.dtype=bfloat16` (figures: docs/benchmarks.md).
 
     python examples/benchmarks/quantize.py ../shared/data/scifact/corpus.jsonl --texts 600 --rounds 2
 """

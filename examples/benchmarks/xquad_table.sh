@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's answer-quality table: all XQuAD questions, the default generator, k=5, four ways:
+# The answer-quality table of docs/benchmarks.md (Answers): all XQuAD questions, the default generator, k=5, four ways:
 #   (a) rag's default RAG, (b) closed book, (c) the gold paragraph as the only source,
 #   (d) LangChain's standard local RAG (examples/benchmarks/qa_langchain.py, in two shards).
 # Two lanes of one thread each, so a 2-core machine is kept busy and every run gets a core:

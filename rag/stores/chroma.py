@@ -190,7 +190,7 @@ class Store:
 
     def ids(self, where: dict | None = None) -> set[str]:
         """The ids of every chunk (matching ``where``). Ids alone are small, so they come in large
-        pages: at 100k chunks this is several times faster than reading their metadata as well."""
+        pages, much faster than reading their metadata as well (docs/benchmarks.md)."""
         return {chunk_id for got in self._pages([], where, page=100_000) for chunk_id in got["ids"]}
 
     def iter_metadata(self, where: dict | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -250,13 +250,12 @@ class Store:
     def nearest(self, vector: np.ndarray, k: int, where: dict | None = None, *,
                 ids: Sequence[str] | None = None) -> list[tuple[str, float]]:
         """The k nearest chunks as (id, score), best first, as ``query`` ranks and scores them. Ids
-        and distances alone: at 100k chunks Chroma answers k=100 in 4 ms this way, 11 ms with the
-        texts and metadata, so a caller that shows only a few of them fetches those with ``get``.
+        and distances alone: Chroma answers far faster without the texts and metadata, so a caller
+        that shows only a few of them fetches those with ``get`` (docs/benchmarks.md, Queries).
 
         ``ids`` restricts the search to those chunks, each of which must be in the store. Chroma
         then searches as it does for a filter keeping them (the same ranking and distances) but skips
-        evaluating the filter: at 100k chunks, 17 ms instead of 65 for a filter keeping 10%, 43 ms
-        instead of 210 for one keeping 90%."""
+        evaluating the filter, which is several times faster (docs/benchmarks.md, Queries)."""
         got = self._query(vector, k, where, ids, ["distances"])
         if got is None:
             return []
