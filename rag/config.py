@@ -172,13 +172,20 @@ class LexicalSettings(Section):
     """The BM25 index kept beside the store (lexical and hybrid retrieval)."""
 
     stemmer: str | None = "english"
-    """A PyStemmer language, or null for none."""
+    """A Snowball stemmer language (english, french, german, ...), or null for none."""
     stopwords: str | None = "en"
     """A stop-word list name, or null for none."""
-    k1: float = 1.5
-    """BM25 term-frequency saturation."""
+    k1: float = 1.2
+    """BM25 term-frequency saturation: 1.2, the only value the lexical index (Tantivy) scores with."""
     b: float = 0.75
-    """BM25 length normalization (0: none, 1: full)."""
+    """BM25 length normalization: 0.75, the only value the lexical index (Tantivy) scores with."""
+
+    @model_validator(mode="after")
+    def _engine_parameters(self) -> LexicalSettings:
+        if (self.k1, self.b) != (1.2, 0.75):
+            raise ValueError(f"k1={self.k1}, b={self.b}: the lexical index (Tantivy) scores with BM25's k1=1.2 and "
+                             "b=0.75, fixed in the engine; remove lexical.k1 and lexical.b")
+        return self
 
 
 class RetrievalSettings(Section):

@@ -25,7 +25,7 @@ from rag.loaders import iter_files
 from rag.prompting import citations
 from rag.retrieval import near_duplicates
 from rag.stages import Stages, ingest_stages
-from rag.types import Answer, Chunk, Document, Hit
+from rag.types import Answer, Chunk, Document, Hit, VectorStore
 
 
 class Pipeline(Stages):
@@ -77,8 +77,8 @@ class Pipeline(Stages):
         stages = self._ingest_stages()
         if engine != "ray":
             runner = LocalEngine(stages, write_batch=s.ingest.write_batch, prepare_ahead=self._prepare_ahead())
-        return Indexer(store=stages.open_store(), lexical=self.lexical, read=stages.read, salt=stages.salt,
-                       engine=runner, progress=self.progress, lock_timeout=s.store.lock_timeout,
+        return Indexer(store=stages.open_store(), lexical=self.lexical, record=self.record, read=stages.read,
+                       salt=stages.salt, engine=runner, progress=self.progress, lock_timeout=s.store.lock_timeout,
                        embedding_dtype=self.embedder.dtype_name)
 
     def _prepare_ahead(self) -> bool:
@@ -226,19 +226,16 @@ class Pipeline(Stages):
         store = self.store
         record = store.record()
         exists = bool(record) or store.exists()
-        sources: set[str] = set()
-        documents: set[str] = set()
+        files = documents = 0
         if exists:
             store.open(record or self._record(), create=False)
-            for _, metadata in store.iter_metadata():
-                sources.add(str(metadata.get("source", "")))
-                documents.add(str(metadata.get("document_id", "")))
+            files, documents = self._count_files(store)
         return {
             "store": store.location,
             "collection": self.settings.store.collection,
             "exists": exists,
-            "files": len(sources),
-            "documents": len(documents),
+            "files": files,
+            "documents": documents,
             "chunks": store.count() if exists else 0,
             "embedding_model": record.get("embedding_model"),
             "embedding_dimension": record.get("embedding_dimension"),
@@ -246,6 +243,18 @@ class Pipeline(Stages):
             "embedding_dtype": record.get("embedding_dtype"),
             "chunking": {k.removeprefix("chunking_"): v for k, v in record.items() if k.startswith("chunking_")},
         }
+
+    def _count_files(self, store: VectorStore) -> tuple[int, int]:
+        """Files and documents in the store: from the per-file record when it has seen every write,
+        else from every chunk's metadata."""
+        if self.record.in_step_with(store):
+            files, documents, _ = self.record.totals()
+            return files, documents
+        sources, ids = set(), set()
+        for _, metadata in store.iter_metadata():
+            sources.add(str(metadata.get("source", "")))
+            ids.add(str(metadata.get("document_id", "")))
+        return len(sources), len(ids)
 
     def map(self, out: str | Path = "rag-map", *, color_by: str = "source", query: str | None = None,
             method: str = "pca", limit: int = 5000, k: int | None = None) -> dict[str, Any]:

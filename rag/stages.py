@@ -21,6 +21,7 @@ from rag.prompting import PromptBuilder
 from rag.retrieval import Reranker, Retriever
 from rag.stores.bm25 import LexicalIndex
 from rag.stores.chroma import Store
+from rag.stores.files import FileRecord
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -106,6 +107,12 @@ class Stages:
     def lexical(self) -> LexicalIndex:
         folder = Path(self.settings.store.path) / "lexical" / self.settings.store.collection
         return self._stage("lexical", lambda: LexicalIndex(folder, **self.settings.lexical.model_dump()))
+
+    @property
+    def record(self) -> FileRecord:
+        """The per-file record of the collection, beside its lexical index (rag.stores.files)."""
+        path = Path(self.settings.store.path) / "files" / f"{self.settings.store.collection}.sqlite3"
+        return self._stage("record", lambda: FileRecord(path))
 
     @property
     def generator(self) -> Generator:

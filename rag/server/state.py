@@ -3,7 +3,7 @@
 Answers share one loaded model: ``server.generations`` of them run at once and the rest wait their
 turn. A streamed answer whose client goes away is closed, which stops the model. An ingest runs in a
 thread of its own holding the store's write lock, as the CLI's does; searches keep answering from the
-lexical index as it was until the ingest ends.
+lexical index's last commit (an ingest commits as it goes and at its end).
 """
 
 from __future__ import annotations
