@@ -176,16 +176,10 @@ class LexicalSettings(Section):
     stopwords: str | None = "en"
     """A stop-word list name, or null for none."""
     k1: float = 1.2
-    """BM25 term-frequency saturation: 1.2, the only value the lexical index (Tantivy) scores with."""
+    """BM25 term-frequency saturation. The lexical index (Tantivy) scores with 1.2 whatever is set here;
+    another value is read (configs written for earlier versions keep working) with a one-line note."""
     b: float = 0.75
-    """BM25 length normalization: 0.75, the only value the lexical index (Tantivy) scores with."""
-
-    @model_validator(mode="after")
-    def _engine_parameters(self) -> LexicalSettings:
-        if (self.k1, self.b) != (1.2, 0.75):
-            raise ValueError(f"k1={self.k1}, b={self.b}: the lexical index (Tantivy) scores with BM25's k1=1.2 and "
-                             "b=0.75, fixed in the engine; remove lexical.k1 and lexical.b")
-        return self
+    """BM25 length normalization. Tantivy scores with 0.75; another value gets a note, as k1 does."""
 
 
 class RetrievalSettings(Section):

@@ -225,9 +225,13 @@ def test_load_false_with_other_settings(tmp_path, other):
 
 
 @pytest.mark.parametrize("other", [{"k1": 1.5}, {"b": 0.5}])
-def test_bm25_parameters_the_engine_does_not_take_are_a_config_error(tmp_path, other):
-    with pytest.raises(ConfigError, match=r"k1=1\.2 and b=0\.75"):
-        LexicalIndex(tmp_path / "bm25", **other)
+def test_bm25_parameters_the_engine_does_not_take_are_read_with_a_note(tmp_path, other, capsys):
+    """A config written for the earlier index (lexical.k1: 1.5, its default) still works, and says
+    that Tantivy scores with its own parameters; the index is the default one."""
+    build(tmp_path)
+    index = LexicalIndex(tmp_path / "bm25", **other)
+    assert "k1=1.2, b=0.75" in capsys.readouterr().err
+    assert index.load() is True
 
 
 def test_unknown_stemmer_or_stopwords_is_a_config_error(tmp_path):

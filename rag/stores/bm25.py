@@ -111,9 +111,9 @@ class LexicalIndex:
     def __init__(self, folder: str | Path, *, stemmer: str | None = "english", stopwords: str | None = "en",
                  k1: float = K1, b: float = B):
         self.folder = Path(folder)
-        if (float(k1), float(b)) != (K1, B):
-            raise ConfigError(f"lexical.k1 / lexical.b: the lexical index (Tantivy) scores with k1={K1} and b={B}, "
-                              f"not k1={k1} and b={b}; remove these keys")
+        if (float(k1), float(b)) != (K1, B):  # a config written for the bm25s index, whose k1 was 1.5
+            log(f"lexical: note: k1={k1}, b={b} are not used; the index (Tantivy) scores with BM25's k1={K1}, "
+                f"b={B} (remove lexical.k1 and lexical.b to silence this)")
         self._settings = {"stemmer": stemmer, "stopwords": stopwords, "k1": K1, "b": B, "engine": "tantivy",
                           "token_pattern": TOKEN_PATTERN}
         self._analyzer = _analyzer(stemmer, stopwords)
