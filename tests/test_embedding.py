@@ -11,8 +11,8 @@ import torch
 
 from rag.config import load_settings
 from rag.embedding import DEFAULT_MODEL, Embedder
-from rag.hub import auto_dtype, native_bf16_cpu, resolve_model_path
 from rag.errors import ConfigError, ModelError
+from rag.hub import auto_dtype, native_bf16_cpu, resolve_model_path
 
 
 @pytest.fixture(scope="module")

@@ -70,9 +70,8 @@ class Embedder:
         self.path = resolve_model_path(model, "embedding.model")
         self.device = pick_device(device)
         self.batch_size = batch_size
-        if batch_tokens == "auto":
-            batch_tokens = CPU_BATCH_TOKENS if self.device == "cpu" else None
-        self.batch_tokens = batch_tokens
+        self.batch_tokens: int | None = (CPU_BATCH_TOKENS if self.device == "cpu" else None) \
+            if batch_tokens == "auto" else (int(batch_tokens) if batch_tokens else None)
         self.normalize = normalize
         self.trust_remote_code = trust_remote_code
         self.quantize = None if quantize == "none" else quantize
