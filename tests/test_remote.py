@@ -282,6 +282,7 @@ def paused(process: subprocess.Popen) -> Iterator[None]:
         os.kill(process.pid, signal.SIGCONT)
 
 
+@pytest.mark.slow  # the pause lasts generation.timeout, long enough for a busy machine's first token
 def test_a_stream_that_stalls_midway_ends_the_answer_with_one_line(world, tserve):
     """The server paused (SIGSTOP) once the answer has begun: after generation.timeout seconds without a
     piece, `rag ask` ends the answer where it stopped, says why in one line, and exits with 2. (How

