@@ -115,6 +115,7 @@ class Stages:
         path = Path(self.settings.store.path) / "files" / f"{self.settings.store.collection}.sqlite3"
         return self._stage("record", lambda: FileRecord(path))
 
+    @property
     def generator(self) -> TextGenerator:
         return self._stage("generator", lambda: build_generator(self.settings.generation.model_dump()))
 
