@@ -19,13 +19,12 @@ import numpy as np
 
 from rag.errors import RagError, StoreError
 from rag.evidence import best_sentences
-from rag.generation import Generator
 from rag.indexing import Engine, Indexer, IngestReport, LocalEngine
 from rag.loaders import iter_files
 from rag.prompting import citations
 from rag.retrieval import near_duplicates
 from rag.stages import Stages, ingest_stages
-from rag.types import Answer, Chunk, Document, Hit, VectorStore
+from rag.types import Answer, Chunk, Document, Hit, TextGenerator, VectorStore
 
 
 class Pipeline(Stages):
@@ -141,7 +140,7 @@ class Pipeline(Stages):
         generator = self.generator.with_options(**generation) if generation else self.generator
         evidence = self._evidence(question, hits)
         prompt, kept, dropped = self.prompt.pack(
-            question, evidence, generator.count_tokens, generator.prompt_budget,
+            question, evidence, generator.count_tokens, generator.prompt_budget(),
             escape=generator.neutralize, finish=generator.format_prompt, history=history,
         )
         warnings = []
@@ -152,15 +151,19 @@ class Pipeline(Stages):
                             "answer rests on no source; lower generation.max_new_tokens or chunking.chunk_size")
         timings["prompt"] = time.perf_counter() - clock
 
-        text, usage = yield from self._generate(generator, prompt, timings)
+        text, usage, interrupted = yield from self._generate(generator, prompt, timings)
+        if interrupted:
+            warnings.append(interrupted)
         cited, unknown, cited_by = citations(text, [hit.chunk.text for hit in kept])
         yield Answer(text=text, hits=kept, citations=cited, prompt=prompt, timings=timings, usage=usage,
-                     dropped_hits=dropped, unknown_citations=unknown, cited_by=cited_by, warnings=warnings)
+                     dropped_hits=dropped, unknown_citations=unknown, cited_by=cited_by, warnings=warnings,
+                     interrupted=interrupted)
 
     @staticmethod
-    def _generate(generator: Generator, prompt: str,
-                  timings: dict[str, float]) -> abc.Generator[str, None, tuple[str, dict[str, int]]]:
-        """Yields the generated pieces; returns the whole text and the usage, with their timings."""
+    def _generate(generator: TextGenerator, prompt: str,
+                  timings: dict[str, float]) -> abc.Generator[str, None, tuple[str, dict[str, int], str | None]]:
+        """Yields the generated pieces; returns the whole text, the usage and why the text was cut short
+        (None when it was not), with their timings."""
         clock = time.perf_counter()
         pieces: list[str] = []
         completion = generator.stream(prompt)
@@ -174,7 +177,7 @@ class Pipeline(Stages):
             completion.close()  # this stream closed early: stop the model too
         timings["generation"] = time.perf_counter() - clock
         timings.setdefault("first_token", timings["generation"])
-        return "".join(pieces), dict(completion.usage)
+        return "".join(pieces), dict(completion.usage), completion.interrupted
 
     def _evidence(self, question: str, hits: list[Hit]) -> list[Hit]:
         """What the prompt shows: the hits themselves, or their best sentences."""

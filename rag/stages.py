@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from rag.chunking import Chunker
 from rag.config import Settings, dotted_overrides, load_settings
-from rag.embedding import Embedder
-from rag.generation import Generator
+from rag.embedding import build_embedder
+from rag.generation import build_generator
 from rag.indexing import IngestStages
 from rag.loaders import load_file, ocr_salt, read_file
 from rag.prompting import PromptBuilder
@@ -22,6 +22,7 @@ from rag.retrieval import Reranker, Retriever
 from rag.stores.bm25 import LexicalIndex
 from rag.stores.chroma import Store
 from rag.stores.files import FileRecord
+from rag.types import TextEmbedder, TextGenerator
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -74,8 +75,8 @@ class Stages:
         return self._stages[name]
 
     @property
-    def embedder(self) -> Embedder:
-        return self._stage("embedder", lambda: Embedder(**self.settings.embedding.model_dump(exclude={"space"})))
+    def embedder(self) -> TextEmbedder:
+        return self._stage("embedder", lambda: build_embedder(self.settings.embedding.model_dump()))
 
     @property
     def chunker(self) -> Chunker:
@@ -115,13 +116,13 @@ class Stages:
         return self._stage("record", lambda: FileRecord(path))
 
     @property
-    def generator(self) -> Generator:
-        return self._stage("generator", lambda: Generator(**self.settings.generation.model_dump()))
+    def generator(self) -> TextGenerator:
+        return self._stage("generator", lambda: build_generator(self.settings.generation.model_dump()))
 
     @property
     def small_generator(self) -> bool:
         """Whether the generator gets the small-model answer settings (loads it)."""
-        return self._stage("small_generator", lambda: self.generator.small)
+        return self._stage("small_generator", lambda: self.generator.load().small)
 
     @property
     def prompt(self) -> PromptBuilder:

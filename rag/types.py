@@ -1,8 +1,8 @@
-"""The plain records that stages pass to each other, and the protocols of the two stores."""
+"""The plain records that stages pass to each other, and the protocols of the stores and the models."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence, Set
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
@@ -84,8 +84,12 @@ class Answer:
     # "answer": the numbers the answer wrote ([n]); "overlap": the answer cited nothing, and these are
     # the sources whose text holds most of its words (see rag.prompting.attribute).
     cited_by: str = "answer"
-    # Why the answer may not rest on the documents (nothing retrieved, nothing fit the budget).
+    # Why the answer may not rest on the documents (nothing retrieved, nothing fit the budget), or may
+    # be incomplete.
     warnings: list[str] = field(default_factory=list)
+    # Why the text ended before the model finished it (a model server's stream cut or stalled); None
+    # when it finished. It is among the warnings too.
+    interrupted: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The answer as JSON, one format everywhere: `rag ask --json`, `rag run`, the evaluation."""
@@ -100,6 +104,7 @@ class Answer:
             "unknown_citations": self.unknown_citations,
             "cited_by": self.cited_by,
             "warnings": self.warnings,
+            "interrupted": self.interrupted,
             "hits": [hit.to_dict() for hit in self.hits],
             "dropped_hits": self.dropped_hits,
             "timings": self.timings,
@@ -221,3 +226,78 @@ class FileRecord(Protocol):
     def finish(self, rows: Iterable[tuple[str, str, list[str], int]]) -> None: ...
     def mark_indexed(self, sources: Iterable[str]) -> None: ...
     def mark_all_indexed(self, link: str | None) -> None: ...
+
+
+# -- the models, as the pipeline sees them (implementations in rag.generation and rag.embedding) ------
+
+
+class Interrupted(Exception):
+    """Raised by a Completion's pieces when the text ends before the model finished it; the Completion
+    ends there and keeps the reason as ``interrupted``."""
+
+
+class Completion:
+    """One generation's text pieces, as they arrive. ``usage`` (``prompt_tokens``, ``completion_tokens``)
+    is complete once every piece is read; ``interrupted`` then says why the text ended before the model
+    finished it (a model server's stream cut or stalled), else None. ``close()`` before the end stops
+    the generation (a client that went away); an error is raised from the next piece."""
+
+    def __init__(self, pieces: Generator[str, None, None], usage: dict[str, int]):
+        self._pieces = pieces
+        self.usage = usage
+        self.interrupted: str | None = None
+
+    def __iter__(self) -> Completion:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except Interrupted as exc:
+            self.interrupted = str(exc)
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._pieces.close()
+
+
+class TextGenerator(Protocol):
+    """Prompt -> text, streamed: a model in this process or behind a model server, one contract.
+
+    The pipeline packs a prompt with ``format_prompt``, ``count_tokens``, ``prompt_budget`` and
+    ``neutralize``, then reads ``stream``. ``load`` settles everything ("auto" answer settings, the
+    context window) before the first request; the attributes hold plain values from then on.
+    """
+
+    model_name: str
+    max_new_tokens: int | str  # "auto" until load()
+    stop: tuple[str, ...] | str  # "auto" until load()
+    context_window: int | None  # None until load() when not configured
+
+    def load(self) -> TextGenerator: ...
+    @property
+    def small(self) -> bool: ...  # fewer than 1B parameters: short answers from the best sentences
+    def with_options(self, **options: Any) -> TextGenerator: ...
+    def prompt_budget(self) -> int: ...
+    def format_prompt(self, user_message: str) -> str: ...
+    def count_tokens(self, text: str) -> int: ...
+    def neutralize(self, text: str) -> str: ...
+    def stream(self, prompt: str) -> Completion: ...
+    def stream_chat(self, messages: Sequence[Mapping[str, str]]) -> Completion: ...
+
+
+class TextEmbedder(Protocol):
+    """Texts -> vectors: a model in this process or behind a model server, one contract."""
+
+    model_name: str
+    device: str
+    dimension: int
+    max_length: int
+    tokenizer: Any  # a fast Hugging Face tokenizer: chunk sizes are counted in its tokens
+    @property
+    def max_content_tokens(self) -> int: ...
+    @property
+    def dtype_name(self) -> str | None: ...
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+    def embed_documents(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray: ...
+    def describe(self) -> dict[str, Any]: ...
