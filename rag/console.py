@@ -59,8 +59,13 @@ def print_duplicates(groups: list[list[Chunk]], threshold: float) -> None:
 
 
 def print_warnings(answer: Answer) -> None:
+    """The answer's warnings; why it was cut short (its model server failed mid-answer), if it was, as
+    the one error line instead."""
     for warning in answer.warnings:
-        print(f"rag: warning: {warning}", file=sys.stderr)
+        if warning != answer.interrupted:
+            print(f"rag: warning: {warning}", file=sys.stderr)
+    if answer.interrupted:
+        print(f"rag: error: {answer.interrupted}", file=sys.stderr)
 
 
 def stream_answer(pieces: Iterable[str | Answer] | Iterator[str | Answer]) -> Answer:

@@ -35,3 +35,12 @@ class PromptError(RagError):
 
 class GenerationError(RagError):
     """Generation that cannot run (e.g. the prompt leaves no room for the answer)."""
+
+
+class ModelServerError(RagError):
+    """A model server (``generation.backend`` or ``embedding.backend``: openai) that cannot be reached,
+    refuses the request, or answers in a way that cannot be read."""
+
+
+class ModelServerTimeout(ModelServerError):
+    """A model server that did not answer within its timeout."""

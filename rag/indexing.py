@@ -1,12 +1,16 @@
 """Files or documents -> chunks in the store and the lexical index, incrementally and crash-safely.
 
-The Chroma collection is the only record of what was ingested. Each chunk carries its file's
-``file_signature`` (a hash of the file's bytes and of the settings that shaped its chunks) and
-``file_chunks`` (how many chunks the file has). A file is unchanged when all its stored chunks carry
-the current signature and there are exactly ``file_chunks`` of them. A changed file gets its new
-chunks written first and its stale chunks deleted after, so a crash at any point leaves either the
-old chunks or a state the next ingest repairs: chunks already written are found by id and not
-embedded again.
+The collection holds the chunks; each carries its file's ``file_signature`` (a hash of the file's
+bytes and of the settings that shaped its chunks) and ``file_chunks``. Planning reads the per-file
+record (rag.types.FileRecord) instead: one row per file with its signature and chunk ids, so an
+ingest that changes nothing reads one row per file, not every chunk. A file is unchanged when its
+row carries the current signature. A changed file's row is marked pending, then its new chunks are
+written, its stale chunks deleted, and its row rewritten, so a crash at any point leaves either the
+old chunks or a state the next ingest repairs: a pending row makes it ask the store what it holds of
+that file, and chunks already written are found by id and not embedded again.
+
+The lexical index follows a source at a time; the record marks which rows it holds, so after a
+crash only the rows it may lack are fed to it again (rag.stores.files).
 
 The ``Indexer`` plans and finishes an ingest; an engine does the work between: it loads and chunks
 the files the plan says need it, embeds the chunks not stored yet and writes them. ``LocalEngine``
@@ -31,12 +35,10 @@ import numpy as np
 
 from rag.errors import LoadError
 from rag.text import log, printable
-from rag.types import Chunk, Document, LexicalItem, LexicalStore, VectorStore, indexed_items
+from rag.types import Chunk, Document, FileRecord, FileRow, LexicalStore, VectorStore, lexical_item
 
-LEXICAL_FLUSH = 20_000  # chunk texts held for the lexical index before it is brought up to date
-
-# source -> chunk id -> (file_signature, file_chunks), as the store holds them
-Known = dict[str, dict[str, tuple[str, int]]]
+LEXICAL_FLUSH = 20_000  # chunks written before the lexical index is brought up to date
+COMPACT_ROWS = 100_000  # rows of deleted chunks the lexical index keeps before a rebuild compacts them
 
 
 @dataclass
@@ -112,11 +114,6 @@ class Engine(Protocol):
         ...
 
 
-def _unchanged(stored: dict[str, tuple[str, int]], signature: str) -> bool:
-    """All of a source's chunks carry this signature, and none is missing."""
-    return bool(stored) and all(sig == signature and count == len(stored) for sig, count in stored.values())
-
-
 def signature_of(salt: str, data: bytes) -> str:
     """A file's signature: its bytes and the settings that shape its chunks."""
     return hashlib.sha256(salt.encode() + data).hexdigest()[:32]
@@ -127,7 +124,12 @@ def chunk_work(work: FileWork, load: Callable[[Path, bytes], list[Document]],
     """Load and split a planned file; every chunk records its file's signature and chunk count. A
     file that cannot be loaded, or yields no text, comes back failed."""
     try:
-        documents = [work.item] if isinstance(work.item, Document) else load(work.item, work.data)
+        if isinstance(work.item, Document):
+            documents = [work.item]
+        elif work.item is None or work.data is None:
+            raise ValueError(f"{work.source}: planned for chunking without its path and bytes")
+        else:
+            documents = load(work.item, work.data)
         chunks = [chunk for document in documents for chunk in split(document)]
     except LoadError as exc:
         chunks, work.reason = [], exc.reason
@@ -228,19 +230,23 @@ class Indexer:
     """Plans (new, changed, unchanged, gone) and finishes one ingest; ``engine`` does the work between.
 
     ``salt`` names the settings that change what chunks a file yields (some only for some formats):
-    a change re-ingests the file. The lexical index is brought up to date in step with the writes.
+    a change re-ingests the file. The per-file ``record`` says what the store holds of each file, so
+    planning reads one row per file; its writes follow the store's (see FileRecord). The lexical index
+    is brought up to date in step with the writes, a source at a time.
     """
 
     store: VectorStore
     lexical: LexicalStore
+    record: FileRecord
     read: Callable[[Path], bytes]  # the checks that need no reading, then the bytes; LoadError
     salt: Callable[[Path], str]
     engine: Engine
     progress: bool = False
     lock_timeout: float = 600.0
     embedding_dtype: str | None = None  # for the report
-    _lexical_in_step: bool = field(default=False, init=False)
-    _lexical_pending: dict[str, str | None] = field(default_factory=dict, init=False)  # id -> text (None: gone)
+    _lexical_rebuild: bool = field(default=False, init=False)  # rebuilt from the store at the end instead
+    _lexical_pending: dict[str, list[str]] = field(default_factory=dict, init=False)  # source -> its chunk ids now
+    _begun: dict[str, FileRow | None] = field(default_factory=dict, init=False)  # planned, row as it was
 
     def run(self, items: Callable[[], Iterable[Path | LoadError | Document]], *,
             sync_roots: list[Path] | None = None, wait: bool = True) -> IngestReport:
@@ -252,19 +258,10 @@ class Indexer:
         report = IngestReport(embedding_dtype=self.embedding_dtype)
         with store.write_lock(wait=wait, timeout=self.lock_timeout,
                               on_wait=lambda: log(f"waiting for another ingest to finish writing to {store.location}")):
-            known: Known = {}
-            for chunk_id, metadata in store.iter_metadata():
-                entry = (str(metadata.get("file_signature", "")), int(metadata.get("file_chunks", -1)))
-                known.setdefault(str(metadata.get("source", "")), {})[chunk_id] = entry
-            # An index in step with the store is updated incrementally; any other is rebuilt at the end.
-            # (One saved before it kept chunk metadata is rebuilt too, so that it keeps it from now on.)
-            self._lexical_in_step = (self.lexical.load() and self.lexical.state == store.state
-                                     and self.lexical.has_metadata)
-            self._lexical_pending = {}
-            store.bump_state()  # from here on the lexical index is stale until brought up to date
+            self._start()
             seen: set[str] = set()
             progress = self._progress_bar()
-            for batch in self.engine.run(self._plan(item, known) for item in items()):
+            for batch in self.engine.run(self._plan(item) for item in items()):
                 for work in batch:
                     seen.add(work.source)
                     progress.update(1)
@@ -272,12 +269,14 @@ class Indexer:
                         report.failed += 1
                         report.failures.append((work.source, work.reason))
                         log(f"failed: {printable(work.source)}: {work.reason}")
+                        if work.source in self._begun:  # nothing of it was written: its row as it was
+                            self.record.restore(work.source, self._begun.pop(work.source))
                     elif work.status == "unchanged":
                         report.unchanged += 1
-                self._write([w for w in batch if w.status in WRITTEN], known, report)
+                self._write([w for w in batch if w.status in WRITTEN], report)
             progress.close()
             if sync_roots is not None:
-                self._remove_gone(sync_roots, known, seen, report)
+                self._remove_gone(sync_roots, seen, report)
             self._flush_lexical(final=True)
             report.chunks_total = store.count()
         report.seconds = time.perf_counter() - started
@@ -288,25 +287,52 @@ class Indexer:
         document's ``source``) from the store and the lexical index, as an ingest would: under the
         write lock, the lexical index brought in step at the end. A source not stored is skipped."""
         started = time.perf_counter()
-        store = self.store
         report = IngestReport()
-        with store.write_lock(wait=wait, timeout=self.lock_timeout):
-            self._lexical_in_step = self.lexical.load() and self.lexical.state == store.state
-            self._lexical_pending = {}
-            store.bump_state()
+        with self.store.write_lock(wait=wait, timeout=self.lock_timeout):
+            self._start()
             for source in dict.fromkeys(sources):
-                ids = store.ids(where={"source": source})
-                if not ids:
-                    continue
-                store.delete(ids)
-                if self._lexical_in_step:
-                    self._lexical_pending.update(dict.fromkeys(ids))
-                report.removed += 1
-                report.chunks_deleted += len(ids)
+                row = self.record.get(source)
+                if row is not None and not row.removed:
+                    self._delete_source(row, report)
             self._flush_lexical(final=True)
-            report.chunks_total = store.count()
+            report.chunks_total = self.store.count()
         report.seconds = time.perf_counter() - started
         return report
+
+    def _start(self) -> None:
+        """Under the write lock, before anything is written: the record in step with the store (built
+        from the chunks' metadata once, for a store written without it); the lexical index kept up
+        incrementally when it is the one the record tracked, or else rebuilt at the end; the rows
+        the lexical index may not hold (a crashed ingest's) queued for it; the store's state bumped."""
+        store, record, lexical = self.store, self.record, self.lexical
+        record.bring_in_step(store)
+        self._lexical_pending, self._begun = {}, {}
+        loaded = lexical.load() and lexical.has_metadata
+        if loaded and lexical.state == store.state:  # exactly the store's chunks, whatever the record says
+            record.mark_all_indexed(lexical.link)
+            self._lexical_rebuild = False
+        elif loaded and lexical.link is not None and lexical.link == record.info("link"):
+            self._lexical_rebuild = False  # behind by what the record marks unindexed: queued below
+        elif store.count() == 0:  # nothing to rebuild from: start an empty index and keep it up
+            lexical.rebuild([], store.state)
+            record.mark_all_indexed(lexical.link)
+            self._lexical_rebuild = False
+        else:
+            self._lexical_rebuild = True
+        if not self._lexical_rebuild:
+            for row in record.unindexed():
+                self._lexical_pending[row.source] = self._stored_ids(row)
+        record.expect(store)
+        record.follow(store.bump_state())  # from here on the lexical index is stale until brought up to date
+
+    def _stored_ids(self, row: FileRow | None) -> list[str]:
+        """The ids of a source's chunks in the store: as its row says, or, while a write of it is
+        pending, as the store says (one filtered read, for this source alone)."""
+        if row is None:
+            return []
+        if row.pending:
+            return sorted(self.store.ids(where={"source": row.source}))
+        return row.ids
 
     def _progress_bar(self):
         from tqdm import tqdm
@@ -315,9 +341,10 @@ class Indexer:
 
     # -- planning: what each item needs -------------------------------------------------------------
 
-    def _plan(self, item: Path | LoadError | Document, known: Known) -> FileWork:
+    def _plan(self, item: Path | LoadError | Document) -> FileWork:
         """Read and hash a file (read once; its bytes go on to the engine) or an in-memory document;
-        it needs chunking only when the store does not hold it as it is now."""
+        it needs chunking only when its row in the record does not hold it as it is now. A file that
+        does is marked pending in the record before the engine writes anything of it."""
         if isinstance(item, LoadError):
             return FileWork(item.path, status="failed", reason=item.reason)
         if isinstance(item, Document):
@@ -332,61 +359,82 @@ class Indexer:
             except LoadError as exc:
                 return FileWork(source, status="failed", reason=exc.reason)
             signature = signature_of(self.salt(item), data)
-        stored = known.get(source, {})
-        if _unchanged(stored, signature):
+        row = self.record.get(source)
+        if row is not None and not row.pending and row.ids and row.signature == signature:
             return FileWork(source, signature)
+        ids = self._stored_ids(row)
+        stored = {chunk_id: (row.signature if row else "", len(ids)) for chunk_id in ids}
+        if source not in self._begun:
+            self._begun[source] = row
+            self.record.begin([source])
         return FileWork(source, signature, "updated" if stored else "added", item=item, data=data, stored=stored)
 
     # -- finishing: what the engine wrote -----------------------------------------------------------
 
-    def _write(self, batch: list[FileWork], known: Known, report: IngestReport) -> None:
-        """A batch whose new chunks the engine has written: retire each file's stale chunks, bring the
-        lexical index along and count."""
+    def _write(self, batch: list[FileWork], report: IngestReport) -> None:
+        """A batch whose new chunks the engine has written: retire each file's stale chunks, then
+        record the file as it is now; bring the lexical index along and count."""
         if not batch:
             return
         store = self.store
+        finished = []
         for work in batch:
-            stored = known.get(work.source, {})
-            current = {c.id for c in work.chunks}
-            stale = [i for i in stored if i not in current]
+            current = [c.id for c in work.chunks]
+            kept = set(current)
+            stale = [i for i in work.stored if i not in kept]
             store.delete(stale)
             report.chunks_embedded += work.embedded
             report.chunks_deleted += len(stale)
-            if self._lexical_in_step:  # an index out of step is rebuilt at the end instead
-                self._lexical_pending.update({c.id: c.indexed for c in work.chunks})
-                self._lexical_pending.update(dict.fromkeys(stale))
             setattr(report, work.status, getattr(report, work.status) + 1)
-            known[work.source] = {c.id: (work.signature, len(work.chunks)) for c in work.chunks}
-        if len(self._lexical_pending) >= LEXICAL_FLUSH:
+            finished.append((work.source, work.signature, current, len({c.document_id for c in work.chunks})))
+            self._begun.pop(work.source, None)
+            if not self._lexical_rebuild:  # an index out of step is rebuilt at the end instead
+                self._lexical_pending[work.source] = current
+        self.record.finish(finished)
+        if sum(len(ids) for ids in self._lexical_pending.values()) >= LEXICAL_FLUSH:
             self._flush_lexical(final=False)
 
-    def _remove_gone(self, paths: list[Path], known: Known, seen: set[str], report: IngestReport) -> None:
+    def _remove_gone(self, paths: list[Path], seen: set[str], report: IngestReport) -> None:
         """--sync: chunks of files under the given paths that are no longer there are deleted."""
         roots = [str(p.resolve()) for p in paths]
-        for source in list(known):
+        for source in self.record.sources():
             under = any(source == r or source.startswith(r.rstrip("/") + "/") for r in roots)
             if under and source not in seen and not Path(source).exists():
-                ids = list(known.pop(source))
-                self.store.delete(ids)
-                if self._lexical_in_step:
-                    self._lexical_pending.update(dict.fromkeys(ids))
-                report.removed += 1
-                report.chunks_deleted += len(ids)
+                row = self.record.get(source)
+                if row is not None:
+                    self._delete_source(row, report)
+
+    def _delete_source(self, row: FileRow, report: IngestReport) -> None:
+        """Every chunk of a source out of the store: pending first, deleted, then recorded as removed
+        (the row goes once the lexical index has dropped them too)."""
+        ids = self._stored_ids(row)
+        self.record.begin([row.source])
+        self.store.delete(ids)
+        self.record.finish([(row.source, "", [], 0)])
+        if not self._lexical_rebuild:
+            self._lexical_pending[row.source] = []
+        report.removed += 1
+        report.chunks_deleted += len(ids)
 
     def _flush_lexical(self, *, final: bool) -> None:
-        """Bring the lexical index up to date with what was written; it records the store state only
-        when the ingest is complete, so a crash in between leaves it visibly stale (and rebuilt)."""
+        """Bring the lexical index up to date with what was written, a source at a time (each
+        source's chunks replace whatever it held of it); it records the store state only when the
+        ingest is complete, so a crash in between leaves it visibly behind, and the record's rows
+        not yet marked indexed say what to feed it again."""
+        store, record, lexical = self.store, self.record, self.lexical
         pending, self._lexical_pending = self._lexical_pending, {}
-        if not self._lexical_in_step:
-            if final:
-                self.lexical.rebuild(indexed_items(self.store.iter_texts(metadata=True)), self.store.state)
+        if self._lexical_rebuild or (final and lexical.dead_rows > max(len(lexical), COMPACT_ROWS)):
+            if final:  # (rows of deleted chunks outnumber the live ones: a rebuild compacts them)
+                items = store.iter_texts(metadata=True)
+                lexical.rebuild((lexical_item(*item) for item in items), store.state)
+                record.mark_all_indexed(lexical.link)
+                self._lexical_rebuild = False
             return
         if not pending and not final:
             return
-        texts = {i: t for i, t in pending.items() if t is not None}
-        deletes = [i for i, t in pending.items() if t is None]
-        # Each chunk's metadata read back, as the store holds it (Chroma merges a write into the
-        # metadata it had), for the filters the lexical index answers.
-        stored = {chunk.id: chunk.metadata for chunk, _ in self.store.get(list(texts))}
-        upserts: list[LexicalItem] = [(i, t, stored[i]) if i in stored else (i, t) for i, t in texts.items()]
-        self.lexical.update(upserts, deletes, state=self.store.state if final else "ingest in progress")
+        # Each chunk's text and metadata read back as the store holds them (Chroma merges a write into
+        # the metadata it had), for the filters the lexical index answers.
+        chunks = store.get([chunk_id for ids in pending.values() for chunk_id in ids])
+        lexical.update([lexical_item(c.id, c.text, c.metadata) for c, _ in chunks], sources=list(pending),
+                       state=store.state if final else "ingest in progress")
+        record.mark_indexed(pending)

@@ -19,14 +19,13 @@ import numpy as np
 
 from rag.errors import RagError, StoreError
 from rag.evidence import best_sentences
-from rag.generation import Generator
 from rag.indexing import Engine, Indexer, IngestReport, LocalEngine
 from rag.loaders import iter_files
 from rag.prompting import citations
 from rag.retrieval import describe_fusion, near_duplicates
 from rag.stages import Stages, ingest_stages
-from rag.tuning import tune_after_ingest
-from rag.types import Answer, Chunk, Document, Hit
+from rag.tuning import tuned
+from rag.types import Answer, Chunk, Document, Hit, TextGenerator, VectorStore
 
 
 class Pipeline(Stages):
@@ -54,16 +53,13 @@ class Pipeline(Stages):
                 yield item
                 if on_file is not None:
                     on_file(str(getattr(item, "path", item)))
-        report = self._indexer().run(items, sync_roots=roots if sync else None, wait=wait)
-        tune_after_ingest(self, report)  # rag.tuning: the collection's fusion, when worth choosing again
-        return report
+        # rag.tuning: the collection's fusion is chosen again at the end when worth it
+        return tuned(self, self._indexer().run(items, sync_roots=roots if sync else None, wait=wait))
 
     def ingest_documents(self, documents: Iterable[Document], *, wait: bool = True) -> IngestReport:
         """Ingest documents made in memory (e.g. an evaluation corpus); ``metadata["source"]`` is each
         one's identity, as a file's path is for files."""
-        report = self._indexer("local").run(lambda: iter(documents), wait=wait)  # they live in this process
-        tune_after_ingest(self, report)
-        return report
+        return tuned(self, self._indexer("local").run(lambda: iter(documents), wait=wait))  # in this process
 
     def remove(self, sources: Iterable[str | Path], *, wait: bool = True) -> IngestReport:
         """Delete these documents (a file's path, or a document's ``source``) from the store and the
@@ -78,14 +74,13 @@ class Pipeline(Stages):
         if engine == "ray":  # checked before anything is loaded: the one line says what to set
             from rag.engines.ray import RayEngine
 
-            resolved = s.model_copy(deep=True)
-            resolved.chunking.context = self.chunker.context
-            runner = RayEngine(partial(ingest_stages, resolved), url=s.store.url, **s.ingest.ray.model_dump())
+            runner = RayEngine(partial(ingest_stages, self._worker_settings()), url=s.store.url,
+                               **s.ingest.ray.model_dump())
         stages = self._ingest_stages()
         if engine != "ray":
             runner = LocalEngine(stages, write_batch=s.ingest.write_batch, prepare_ahead=self._prepare_ahead())
-        return Indexer(store=stages.open_store(), lexical=self.lexical, read=stages.read, salt=stages.salt,
-                       engine=runner, progress=self.progress, lock_timeout=s.store.lock_timeout,
+        return Indexer(store=stages.open_store(), lexical=self.lexical, record=self.record, read=stages.read,
+                       salt=stages.salt, engine=runner, progress=self.progress, lock_timeout=s.store.lock_timeout,
                        embedding_dtype=self.embedder.dtype_name)
 
     def _prepare_ahead(self) -> bool:
@@ -148,7 +143,7 @@ class Pipeline(Stages):
         generator = self.generator.with_options(**generation) if generation else self.generator
         evidence = self._evidence(question, hits)
         prompt, kept, dropped = self.prompt.pack(
-            question, evidence, generator.count_tokens, generator.prompt_budget,
+            question, evidence, generator.count_tokens, generator.prompt_budget(),
             escape=generator.neutralize, finish=generator.format_prompt, history=history,
         )
         warnings = []
@@ -159,15 +154,19 @@ class Pipeline(Stages):
                             "answer rests on no source; lower generation.max_new_tokens or chunking.chunk_size")
         timings["prompt"] = time.perf_counter() - clock
 
-        text, usage = yield from self._generate(generator, prompt, timings)
+        text, usage, interrupted = yield from self._generate(generator, prompt, timings)
+        if interrupted:
+            warnings.append(interrupted)
         cited, unknown, cited_by = citations(text, [hit.chunk.text for hit in kept])
         yield Answer(text=text, hits=kept, citations=cited, prompt=prompt, timings=timings, usage=usage,
-                     dropped_hits=dropped, unknown_citations=unknown, cited_by=cited_by, warnings=warnings)
+                     dropped_hits=dropped, unknown_citations=unknown, cited_by=cited_by, warnings=warnings,
+                     interrupted=interrupted)
 
     @staticmethod
-    def _generate(generator: Generator, prompt: str,
-                  timings: dict[str, float]) -> abc.Generator[str, None, tuple[str, dict[str, int]]]:
-        """Yields the generated pieces; returns the whole text and the usage, with their timings."""
+    def _generate(generator: TextGenerator, prompt: str,
+                  timings: dict[str, float]) -> abc.Generator[str, None, tuple[str, dict[str, int], str | None]]:
+        """Yields the generated pieces; returns the whole text, the usage and why the text was cut short
+        (None when it was not), with their timings."""
         clock = time.perf_counter()
         pieces: list[str] = []
         completion = generator.stream(prompt)
@@ -181,7 +180,7 @@ class Pipeline(Stages):
             completion.close()  # this stream closed early: stop the model too
         timings["generation"] = time.perf_counter() - clock
         timings.setdefault("first_token", timings["generation"])
-        return "".join(pieces), dict(completion.usage)
+        return "".join(pieces), dict(completion.usage), completion.interrupted
 
     def _evidence(self, question: str, hits: list[Hit]) -> list[Hit]:
         """What the prompt shows: the hits themselves, or their best sentences."""
@@ -233,19 +232,16 @@ class Pipeline(Stages):
         store = self.store
         record = store.record()
         exists = bool(record) or store.exists()
-        sources: set[str] = set()
-        documents: set[str] = set()
+        files = documents = 0
         if exists:
             store.open(record or self._record(), create=False)
-            for _, metadata in store.iter_metadata():
-                sources.add(str(metadata.get("source", "")))
-                documents.add(str(metadata.get("document_id", "")))
+            files, documents = self._count_files(store)
         return {
             "store": store.location,
             "collection": self.settings.store.collection,
             "exists": exists,
-            "files": len(sources),
-            "documents": len(documents),
+            "files": files,
+            "documents": documents,
             "chunks": store.count() if exists else 0,
             "embedding_model": record.get("embedding_model"),
             "embedding_dimension": record.get("embedding_dimension"),
@@ -254,6 +250,18 @@ class Pipeline(Stages):
             "chunking": {k.removeprefix("chunking_"): v for k, v in record.items() if k.startswith("chunking_")},
             "fusion": describe_fusion(self.settings.retrieval, record) if exists else None,
         }
+
+    def _count_files(self, store: VectorStore) -> tuple[int, int]:
+        """Files and documents in the store: from the per-file record when it has seen every write,
+        else from every chunk's metadata."""
+        if self.record.in_step_with(store):
+            files, documents, _ = self.record.totals()
+            return files, documents
+        sources, ids = set(), set()
+        for _, metadata in store.iter_metadata():
+            sources.add(str(metadata.get("source", "")))
+            ids.add(str(metadata.get("document_id", "")))
+        return len(sources), len(ids)
 
     def map(self, out: str | Path = "rag-map", *, color_by: str = "source", query: str | None = None,
             method: str = "pca", limit: int = 5000, k: int | None = None) -> dict[str, Any]:

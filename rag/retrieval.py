@@ -31,7 +31,7 @@ import numpy as np
 
 from rag.errors import ConfigError, ModelError, StoreError
 from rag.hub import MODEL_LOADING, locate, pick_device
-from rag.types import MODES, Chunk, Hit, LexicalStore, VectorStore
+from rag.types import MODES, Chunk, Hit, LexicalStore, VectorStore, counter_of
 
 
 def rrf(rankings: dict[str, list[str]], k: int = 60) -> list[tuple[str, float]]:
@@ -407,9 +407,9 @@ class Retriever:
         lexical = self.lexical
         if lexical is None or not lexical.has_metadata:
             return None
-        state = self.store.state  # read first: an index that moves on after it only fails the check
+        counter = self.store.counter()  # read first: an index that moves on after it only fails the check
         selection = lexical.select(where)
-        return selection if selection is not None and lexical.state == state else None
+        return selection if selection is not None and counter_of(lexical.state) == counter else None
 
     def _dense(self, query: np.ndarray, depth: int, where: dict | None, among: list[str] | None,
                ids_only: bool, found: Candidates) -> list[tuple[str, float]]:

@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from rag.chunking import Chunker
 from rag.config import Settings, dotted_overrides, load_settings
-from rag.embedding import Embedder
-from rag.generation import Generator
+from rag.embedding import build_embedder
+from rag.generation import build_generator
 from rag.indexing import IngestStages
 from rag.loaders import load_file, ocr_salt, read_file
 from rag.prompting import PromptBuilder
 from rag.retrieval import FusionChoice, Reranker, Retriever
 from rag.stores.bm25 import LexicalIndex
 from rag.stores.chroma import Store
+from rag.stores.files import FileRecord
+from rag.types import TextEmbedder, TextGenerator
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -73,14 +75,21 @@ class Stages:
         return self._stages[name]
 
     @property
-    def embedder(self) -> Embedder:
-        return self._stage("embedder", lambda: Embedder(**self.settings.embedding.model_dump(exclude={"space"})))
+    def embedder(self) -> TextEmbedder:
+        return self._stage("embedder", lambda: build_embedder(self.settings.embedding.model_dump()))
 
     @property
     def chunker(self) -> Chunker:
         return self._stage("chunker", lambda: Chunker(
             self.embedder.tokenizer, **self.settings.chunking.model_dump(exclude={"context"}),
             max_tokens=self.embedder.max_content_tokens, context=self._chunk_context()))
+
+    def _worker_settings(self) -> Settings:
+        """The settings a Ray worker builds its stages from: chunking.context resolved here, by the
+        driver, so that every worker chunks as the collection does."""
+        resolved = self.settings.model_copy(deep=True)
+        resolved.chunking.context = self.chunker.context
+        return resolved
 
     def _chunk_context(self) -> bool:
         """chunking.context as set; auto: as the collection recorded it (off for one made before the
@@ -118,13 +127,19 @@ class Stages:
         return self._stage("lexical", lambda: LexicalIndex(folder, **self.settings.lexical.model_dump()))
 
     @property
-    def generator(self) -> Generator:
-        return self._stage("generator", lambda: Generator(**self.settings.generation.model_dump()))
+    def record(self) -> FileRecord:
+        """The per-file record of the collection, beside its lexical index (rag.stores.files)."""
+        path = Path(self.settings.store.path) / "files" / f"{self.settings.store.collection}.sqlite3"
+        return self._stage("record", lambda: FileRecord(path))
+
+    @property
+    def generator(self) -> TextGenerator:
+        return self._stage("generator", lambda: build_generator(self.settings.generation.model_dump()))
 
     @property
     def small_generator(self) -> bool:
         """Whether the generator gets the small-model answer settings (loads it)."""
-        return self._stage("small_generator", lambda: self.generator.small)
+        return self._stage("small_generator", lambda: self.generator.load().small)
 
     @property
     def prompt(self) -> PromptBuilder:

@@ -25,3 +25,8 @@ def printable(text: str) -> str:
 def log(message: str) -> None:
     """Messages go to stderr so that stdout stays clean for --json."""
     print(message, file=sys.stderr, flush=True)
+
+
+def note(message: str) -> None:
+    """How something was settled or assumed, for the person running rag: one line on stderr."""
+    log(f"rag: note: {message}")

@@ -314,6 +314,12 @@ def record(pipeline: Pipeline, choice: FusionChoice) -> None:
         store.update_record(choice.to_record())
 
 
+def tuned(pipeline: Pipeline, report: IngestReport) -> IngestReport:
+    """The ingest's report, once the collection's fusion has been chosen again if worth it."""
+    tune_after_ingest(pipeline, report)
+    return report
+
+
 def tune_after_ingest(pipeline: Pipeline, report: IngestReport) -> Tuning | None:
     """Choose and record the collection's fusion at the end of an ingest, when it is worth it: the
     settings leave the fusion to the collection, it holds enough chunks, and it has no choice yet or

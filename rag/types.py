@@ -1,8 +1,8 @@
-"""The plain records that stages pass to each other, and the protocols of the two stores."""
+"""The plain records that stages pass to each other, and the protocols of the stores and the models."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence, Set
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
@@ -68,13 +68,6 @@ def indexed_text(text: str, metadata: Mapping[str, Any]) -> str:
     return f"{context}{CONTEXT_SEPARATOR}{text}" if context else text
 
 
-def indexed_items(items: Iterable[LexicalItem]) -> Iterator[LexicalItem]:
-    """(id, stored text, metadata) as the store gives them -> (id, indexed text, metadata): what a
-    lexical index is fed when it is rebuilt from the store."""
-    for item in items:
-        yield (item[0], indexed_text(item[1], item[2]), item[2]) if len(item) == 3 else item
-
-
 @dataclass
 class Hit:
     """A retrieved chunk. ``score`` is higher-is-better; its meaning depends on the retrieval mode
@@ -112,8 +105,12 @@ class Answer:
     # "answer": the numbers the answer wrote ([n]); "overlap": the answer cited nothing, and these are
     # the sources whose text holds most of its words (see rag.prompting.attribute).
     cited_by: str = "answer"
-    # Why the answer may not rest on the documents (nothing retrieved, nothing fit the budget).
+    # Why the answer may not rest on the documents (nothing retrieved, nothing fit the budget), or may
+    # be incomplete.
     warnings: list[str] = field(default_factory=list)
+    # Why the text ended before the model finished it (a model server's stream cut or stalled); None
+    # when it finished. It is among the warnings too.
+    interrupted: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The answer as JSON, one format everywhere: `rag ask --json`, `rag run`, the evaluation."""
@@ -128,6 +125,7 @@ class Answer:
             "unknown_citations": self.unknown_citations,
             "cited_by": self.cited_by,
             "warnings": self.warnings,
+            "interrupted": self.interrupted,
             "hits": [hit.to_dict() for hit in self.hits],
             "dropped_hits": self.dropped_hits,
             "timings": self.timings,
@@ -148,7 +146,9 @@ class VectorStore(Protocol):
     """Chunks with their vectors and metadata; the record of what was ingested.
 
     ``state`` is a token that changes with every write (``bump_state`` at the start of an ingest),
-    so a side index such as BM25 can tell that it is behind. Writers hold ``write_lock``.
+    so a side index such as BM25 can tell that it is behind: ``counter:count``. ``counter`` is its
+    first part alone, cheap enough to read on every search; rag's writers bump it, and the next
+    ingest also checks the count. Writers hold ``write_lock``.
     """
 
     @property
@@ -161,6 +161,7 @@ class VectorStore(Protocol):
     def count(self) -> int: ...
     @property
     def state(self) -> str: ...
+    def counter(self) -> str: ...
     def bump_state(self) -> str: ...
     def ids(self, where: dict | None = None) -> set[str]: ...
     def iter_metadata(self, where: dict | None = None) -> Iterator[tuple[str, dict[str, Any]]]: ...
@@ -177,23 +178,157 @@ class VectorStore(Protocol):
                    on_wait: Callable[[], None] | None = None) -> AbstractContextManager[None]: ...
 
 
+def counter_of(state: str | None) -> str | None:
+    """The write counter of a store state token (see VectorStore)."""
+    return None if state is None else state.split(":", 1)[0]
+
+
 # What a lexical index is fed: (chunk id, text), or (chunk id, text, metadata as the store holds it); the
-# text is the chunk's indexed text (``indexed_text``: its context, then its text).
+# text is the chunk's indexed text (``lexical_item``: its context, then its text).
 LexicalItem = tuple[str, str] | tuple[str, str, Mapping[str, Any]]
+
+
+def lexical_item(chunk_id: str, text: str, metadata: Mapping[str, Any]) -> LexicalItem:
+    """What the lexical index is fed for a stored chunk, in every case (updates, repairs, rebuilds,
+    the index's own rebuild from the store): its id, the text its terms come from (the chunk's
+    indexed text: its context, then its stored text), and its metadata as the store holds it (for
+    filters). Here, beside the types, so that the stores and the indexer share this one definition."""
+    return chunk_id, indexed_text(text, metadata), metadata
 
 
 class LexicalStore(Protocol):
     """A term index over (chunk id, text) that records the vector store's ``state`` it matches. Fed
-    each chunk's metadata too, it answers filters itself (``select``), sparing the store's."""
+    each chunk's metadata too, it answers filters itself (``select``), sparing the store's. ``link``
+    names the index's lineage (a rebuild starts a new one), so a record of what it holds can tell
+    whether it tracked this very index."""
 
     @property
     def state(self) -> str | None: ...
     @property
+    def link(self) -> str | None: ...
+    @property
     def has_metadata(self) -> bool: ...
+    @property
+    def dead_rows(self) -> int: ...
+    def __len__(self) -> int: ...
     def load(self) -> bool: ...
     def rebuild(self, items: Iterable[LexicalItem], state: str, *, save: bool = True) -> None: ...
     def in_step_with(self, store: VectorStore) -> LexicalStore: ...
-    def update(self, upserts: Iterable[LexicalItem] = (), deletes: Iterable[str] = (), state: str = "") -> None: ...
+    def update(self, upserts: Iterable[LexicalItem] = (), deletes: Iterable[str] = (), state: str = "", *,
+               sources: Iterable[str] = ()) -> None: ...
     def select(self, where: dict) -> Set[str] | None: ...
     def search(self, query: str, k: int, allowed_ids: Set[str] | None = None) -> list[tuple[str, float]]: ...
     def terms(self, texts: list[str]) -> list[list[int]]: ...
+
+
+@dataclass
+class FileRow:
+    """What the per-file record says of one source (a file's resolved path, a document's ``source``).
+    ``ids`` are its chunks' ids; ``pending``: a write of its chunks began and did not finish, so the
+    store may hold any mix of old and new ones; ``indexed``: the lexical index holds exactly ``ids``.
+    A row with no ids that is not pending is a removed file the lexical index has not dropped yet."""
+
+    source: str
+    signature: str
+    ids: list[str]
+    documents: int = 0  # how many documents (pages) its chunks come from
+    pending: bool = False
+    indexed: bool = False
+
+    @property
+    def removed(self) -> bool:
+        return not self.ids and not self.pending
+
+
+class FileRecord(Protocol):
+    """One row per ingested source, kept beside the store so that planning reads one row per file
+    instead of every chunk's metadata (implementation: rag.stores.files). Its writes follow the
+    store's: ``begin`` before a source's chunks are written, ``finish`` after its stale ones are gone."""
+
+    def bring_in_step(self, store: VectorStore) -> bool: ...
+    def expect(self, store: VectorStore) -> None: ...
+    def follow(self, state: str) -> None: ...
+    def info(self, key: str) -> str | None: ...
+    def get(self, source: str) -> FileRow | None: ...
+    def sources(self) -> list[str]: ...
+    def unindexed(self) -> list[FileRow]: ...
+    def begin(self, sources: Iterable[str]) -> None: ...
+    def restore(self, source: str, row: FileRow | None) -> None: ...
+    def finish(self, rows: Iterable[tuple[str, str, list[str], int]]) -> None: ...
+    def mark_indexed(self, sources: Iterable[str]) -> None: ...
+    def mark_all_indexed(self, link: str | None) -> None: ...
+
+
+# -- the models, as the pipeline sees them (implementations in rag.generation and rag.embedding) ------
+
+
+class Interrupted(Exception):
+    """Raised by a Completion's pieces when the text ends before the model finished it; the Completion
+    ends there and keeps the reason as ``interrupted``."""
+
+
+class Completion:
+    """One generation's text pieces, as they arrive. ``usage`` (``prompt_tokens``, ``completion_tokens``)
+    is complete once every piece is read; ``interrupted`` then says why the text ended before the model
+    finished it (a model server's stream cut or stalled), else None. ``close()`` before the end stops
+    the generation (a client that went away); an error is raised from the next piece."""
+
+    def __init__(self, pieces: Generator[str, None, None], usage: dict[str, int]):
+        self._pieces = pieces
+        self.usage = usage
+        self.interrupted: str | None = None
+
+    def __iter__(self) -> Completion:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except Interrupted as exc:
+            self.interrupted = str(exc)
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._pieces.close()
+
+
+class TextGenerator(Protocol):
+    """Prompt -> text, streamed: a model in this process or behind a model server, one contract.
+
+    The pipeline packs a prompt with ``format_prompt``, ``count_tokens``, ``prompt_budget`` and
+    ``neutralize``, then reads ``stream``. ``load`` settles everything ("auto" answer settings, the
+    context window) before the first request; the attributes hold plain values from then on.
+    """
+
+    model_name: str
+    max_new_tokens: int | str  # "auto" until load()
+    stop: tuple[str, ...] | str  # "auto" until load()
+    context_window: int | None  # None until load() when not configured
+
+    def load(self) -> TextGenerator: ...
+    @property
+    def small(self) -> bool: ...  # fewer than 1B parameters: short answers from the best sentences
+    def with_options(self, **options: Any) -> TextGenerator: ...
+    def prompt_budget(self) -> int: ...
+    def format_prompt(self, user_message: str) -> str: ...
+    def count_tokens(self, text: str) -> int: ...
+    def neutralize(self, text: str) -> str: ...
+    def stream(self, prompt: str) -> Completion: ...
+    def stream_chat(self, messages: Sequence[Mapping[str, str]]) -> Completion: ...
+
+
+class TextEmbedder(Protocol):
+    """Texts -> vectors: a model in this process or behind a model server, one contract."""
+
+    model_name: str
+    device: str
+    dimension: int
+    max_length: int
+    tokenizer: Any  # a fast Hugging Face tokenizer: chunk sizes are counted in its tokens
+    @property
+    def max_content_tokens(self) -> int: ...
+    @property
+    def dtype_name(self) -> str | None: ...
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+    def embed_documents(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray: ...
+    def describe(self) -> dict[str, Any]: ...

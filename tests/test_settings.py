@@ -22,8 +22,8 @@ from rag.config import (
     default_config_yaml,
     load_settings,
 )
-from rag.embedding import Embedder
-from rag.generation import Generator
+from rag.embedding import Embedder, OpenAIEmbedder
+from rag.generation import Generator, OpenAIGenerator
 from rag.retrieval import Reranker, Retriever
 from rag.stores.bm25 import LexicalIndex
 from rag.stores.chroma import Store
@@ -33,8 +33,10 @@ STAGES = [
     (Retriever, RetrievalSettings),
     (Reranker, RerankSettings),
     (Embedder, EmbeddingSettings),
+    (OpenAIEmbedder, EmbeddingSettings),
     (Chunker, ChunkingSettings),
     (Generator, GenerationSettings),
+    (OpenAIGenerator, GenerationSettings),
     (LexicalIndex, LexicalSettings),
     (Store, StoreSettings),
 ]

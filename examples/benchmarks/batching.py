@@ -232,9 +232,9 @@ def main() -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from rag.embedding import DEFAULT_MODEL, resolve_model_path
+    from rag.hub import DEFAULT_EMBEDDING_MODEL, resolve_model_path
 
-    path = resolve_model_path(DEFAULT_MODEL)
+    path = resolve_model_path(DEFAULT_EMBEDDING_MODEL, "embedding.model")
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
     encoder = Encoder(model, sampled_token_ids(tokenizer, args.folder, args.step))

@@ -81,9 +81,9 @@ def _peak_mb() -> float:
 
 
 def _model_path() -> str:
-    from rag.embedding import DEFAULT_MODEL, resolve_model_path
+    from rag.hub import DEFAULT_EMBEDDING_MODEL, resolve_model_path
 
-    return resolve_model_path(DEFAULT_MODEL)
+    return resolve_model_path(DEFAULT_EMBEDDING_MODEL, "embedding.model")
 
 
 def _count_tokens(tokenizer, texts: list[str]) -> int:

@@ -26,9 +26,7 @@ def warm(pipeline) -> None:
     """Load the models and open the store now, so the first request is as fast as the others and two
     first requests never load a model twice."""
     pipeline.embedder.embed_queries(["warm up"])
-    pipeline.generator.load()
-    pipeline.prompt  # noqa: B018 - settles the "auto" template, which reads the generator's size
-    pipeline.generator.max_new_tokens  # noqa: B018 - settles "auto"
+    pipeline.generator.load()  # also settles its "auto" answer settings, which the prompt template follows
     with contextlib.suppress(RagError):  # no collection yet: the first ingest creates it
         pipeline.retriever()
 

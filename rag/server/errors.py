@@ -12,13 +12,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from rag.errors import ConfigError, GenerationError, LoadError, ModelError, PromptError, RagError, StoreError
+from rag.errors import (
+    ConfigError,
+    GenerationError,
+    LoadError,
+    ModelError,
+    ModelServerError,
+    ModelServerTimeout,
+    PromptError,
+    RagError,
+    StoreError,
+)
 
 log = logging.getLogger("rag.server")
 
 # A RagError's HTTP status: what the caller did (400), what the store's state forbids now (409), a
-# file that cannot be read (422), the server's own configuration (500).
-STATUS = {ConfigError: 400, GenerationError: 400, StoreError: 409, LoadError: 422, ModelError: 500, PromptError: 500}
+# file that cannot be read (422), the server's own configuration (500), a model server behind this one
+# that failed (502) or did not answer in time (504).
+STATUS = {ModelServerTimeout: 504, ModelServerError: 502, ConfigError: 400, GenerationError: 400, StoreError: 409,
+          LoadError: 422, ModelError: 500, PromptError: 500}
 SERVER_FAULT = "the server failed on this request; its log says why"
 
 

@@ -60,6 +60,7 @@ def _models(server: Server) -> list[dict[str, Any]]:
 
     return [card(server.model_id, kind="chat", generator=s.generation.model, embedding=s.embedding.model,
                  collection=s.store.collection),
+            card(s.generation.model, kind="generator"),  # chat with the generator alone (rag.server.plain)
             card(s.embedding.model, kind="embeddings")]
 
 
@@ -78,10 +79,11 @@ def get_model(model_id: str, server: Shared) -> dict[str, Any]:
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatRequest, request: Request, server: Shared) -> JSONResponse | StreamingResponse:
-    if body.model != server.model_id:
+    plain = body.model == server.pipeline.settings.generation.model and body.model != server.model_id
+    if body.model != server.model_id and not plain:
         raise unknown_model(body.model, server.model_id)
-    generation, first = await server.answer(body)
-    completion = Completion(server.model_id, server.max_new_tokens(body))
+    generation, first = await server.answer(body, plain=plain)
+    completion = Completion(body.model, server.max_new_tokens(body), sources=not plain)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return AnswerStream(completion.events(generation, first, include_usage=include_usage), generation)
@@ -93,15 +95,19 @@ async def chat_completions(body: ChatRequest, request: Request, server: Shared) 
             elif await request.is_disconnected():
                 return JSONResponse({}, status_code=499)  # nobody to answer; the model is stopped
     assert answer is not None
+    if answer.interrupted:  # the model server behind this one failed mid-answer
+        raise APIError(502, answer.interrupted, code="upstream_interrupted", kind="server_error")
     return JSONResponse(completion.whole(answer))
 
 
 class Completion:
-    """One chat completion in OpenAI's shapes: whole, or as server-sent events."""
+    """One chat completion in OpenAI's shapes: whole, or as server-sent events; with the answer's
+    sources (``sources``), or without them (the generator's plain chat)."""
 
-    def __init__(self, model_id: str, limit: int):
+    def __init__(self, model_id: str, limit: int, *, sources: bool = True):
         self.limit = limit
         self.base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
+        self.extra = rag_fields if sources else (lambda _: {})
 
     def finish_reason(self, answer: Answer) -> str:
         return "length" if answer.usage.get("completion_tokens", 0) >= self.limit else "stop"
@@ -110,7 +116,7 @@ class Completion:
         return {**self.base, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                              "finish_reason": self.finish_reason(answer), "logprobs": None}],
-                "usage": usage(answer), **rag_fields(answer)}
+                "usage": usage(answer), **self.extra(answer)}
 
     async def events(self, generation: Generation, first: str | Answer, *,
                      include_usage: bool) -> AsyncIterator[str]:
@@ -123,9 +129,11 @@ class Completion:
                         delta = {} if role_sent else {"role": "assistant"}
                         choice = {"index": 0, "delta": delta, "finish_reason": self.finish_reason(piece),
                                   "logprobs": None}
-                        yield sse({**chunk, "choices": [choice], **rag_fields(piece)})
+                        yield sse({**chunk, "choices": [choice], **self.extra(piece)})
                         if include_usage:
                             yield sse({**chunk, "choices": [], "usage": usage(piece)})
+                        if piece.interrupted:  # the model server behind this one failed mid-answer
+                            yield sse(error_body(piece.interrupted, "server_error", "upstream_interrupted"))
                         continue
                     delta = {"content": piece} if role_sent else {"role": "assistant", "content": piece}
                     role_sent = True

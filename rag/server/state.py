@@ -3,7 +3,7 @@
 Answers share one loaded model: ``server.generations`` of them run at once and the rest wait their
 turn. A streamed answer whose client goes away is closed, which stops the model. An ingest runs in a
 thread of its own holding the store's write lock, as the CLI's does; searches keep answering from the
-lexical index as it was until the ingest ends.
+lexical index's last commit (an ingest commits as it goes and at its end).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from rag.errors import RagError
 from rag.loaders import SUPPORTED_EXTENSIONS
 from rag.pipeline import Pipeline
 from rag.server.errors import APIError, error_body, message_of, status_of
+from rag.server.plain import plain_chat
 from rag.server.schemas import ChatRequest
 from rag.types import Answer
 
@@ -77,10 +78,10 @@ class Server:
 
     # -- answers --------------------------------------------------------------------------------
 
-    async def answer(self, body: ChatRequest) -> tuple[Generation, str | Answer]:
+    async def answer(self, body: ChatRequest, *, plain: bool = False) -> tuple[Generation, str | Answer]:
         """A started answer and its first piece, once a generation slot is free. Everything that can
         fail on the request's account (an empty store, a prompt that cannot fit) fails here, before
-        a response has begun."""
+        a response has begun. ``plain``: the generator's own answer to the messages, no retrieval."""
         messages = body.messages
         if messages[-1].role != "user" or not messages[-1].text().strip():
             raise APIError(400, "the last message must be the user's question, and not empty", param="messages")
@@ -92,9 +93,13 @@ class Server:
         finally:
             self.waiting -= 1
         self.generating += 1
-        generation = Generation(self, self.pipeline.stream(
-            question, body.k, mode=body.mode, where=body.where, history=history,
-            generation=body.generation_options()))
+        if plain:
+            stream = plain_chat(self.pipeline.generator, [*history, {"role": "user", "content": question}],
+                                body.generation_options())
+        else:
+            stream = self.pipeline.stream(question, body.k, mode=body.mode, where=body.where, history=history,
+                                          generation=body.generation_options())
+        generation = Generation(self, stream)
         try:
             first = await generation.next()
             if first is None:
@@ -105,7 +110,7 @@ class Server:
         return generation, first
 
     def max_new_tokens(self, body: ChatRequest) -> int:
-        return body.generation_options().get("max_new_tokens") or self.pipeline.generator.max_new_tokens
+        return body.generation_options().get("max_new_tokens") or int(self.pipeline.generator.max_new_tokens)
 
     # -- ingestion ------------------------------------------------------------------------------
 

@@ -17,13 +17,16 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rag.errors import StoreError
 from rag.stores.filters import canonical_where
 from rag.types import Chunk
+
+if TYPE_CHECKING:  # chromadb is imported when a store is made
+    from chromadb.api.models.Collection import Collection
 
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
@@ -73,7 +76,7 @@ class Store:
         except Exception as exc:
             where = url or str(self.path)
             raise StoreError(f"store: cannot open Chroma at {where}: {type(exc).__name__}: {exc}") from None
-        self._collection = None
+        self._collection: Collection | None = None
         self._unrecorded: dict[str, str] = {}  # ACCUMULATED values to record with the next vectors
 
     @property
@@ -91,6 +94,8 @@ class Store:
 
     def open(self, record: dict[str, Any], *, create: bool = True) -> None:
         """Open (or create) the collection, refusing one built with a different embedding model."""
+        from chromadb.api.collection_configuration import CreateCollectionConfiguration, CreateHNSWConfiguration
+
         if self._collection is not None:
             return
         if not create and not self.exists():
@@ -100,7 +105,8 @@ class Store:
         collection = self.client.get_or_create_collection(
             self.collection_name,
             metadata={**record, STATE_KEY: 0},
-            configuration={"hnsw": {"space": self.space, "ef_search": 200, "ef_construction": 200}},
+            configuration=CreateCollectionConfiguration(hnsw=CreateHNSWConfiguration(
+                space=self.space, ef_search=200, ef_construction=200)),  # type: ignore[typeddict-item]  # space: one of SPACES
             embedding_function=None,
         )
         stored = collection.metadata or {}
@@ -155,6 +161,12 @@ class Store:
         """A token that changes with every write, so a side index can tell whether it is stale."""
         metadata = self.client.get_collection(self.collection_name).metadata or {}
         return f"{metadata.get(STATE_KEY, 0)}:{self.count()}"
+
+    def counter(self) -> str:
+        """The write counter alone (the state without the count, which costs a scan of the
+        collection): what a search compares with a side index's state on every call."""
+        metadata = self.client.get_collection(self.collection_name).metadata or {}
+        return str(metadata.get(STATE_KEY, 0))
 
     def bump_state(self) -> str:
         metadata = dict(self.client.get_collection(self.collection_name).metadata or {})
@@ -228,7 +240,8 @@ class Store:
         got = self._query(vector, k, where, ids, include)
         if got is None:
             return []
-        vectors = got.get("embeddings")[0] if embeddings else None
+        found = got.get("embeddings") if embeddings else None
+        vectors = found[0] if found is not None else None
         return [
             (
                 _chunk(chunk_id, text, metadata),

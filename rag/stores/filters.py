@@ -101,9 +101,11 @@ class MetadataTable:
         empty = cls([], [], np.zeros((0, 0), dtype=np.int32))
         return empty.updated(np.full(len(metadatas), -1, dtype=np.int64), metadatas)
 
-    def updated(self, source: np.ndarray, added: Sequence[Mapping[str, Any]]) -> MetadataTable:
+    def updated(self, source: np.ndarray, added: Sequence[Mapping[str, Any]],
+                dropped: np.ndarray | None = None) -> MetadataTable:
         """A new table whose row r is this table's row ``source[r]`` where that is >= 0, and the next
-        of ``added`` (in order) where it is -1. Values no row uses any more are dropped."""
+        of ``added`` (in order) where it is -1; rows in ``dropped`` (indices) lack every field. Values
+        no row uses any more are dropped."""
         source = np.asarray(source, dtype=np.int64)
         fresh = np.flatnonzero(source < 0)
         if len(fresh) != len(added):
@@ -133,10 +135,16 @@ class MetadataTable:
                 at_code.append(code)
         codes = np.full((len(fields), len(source)), -1, dtype=np.int32)
         kept = source >= 0
-        if len(self.fields) and kept.any():
+        rows = self.rows
+        if len(self.fields) and len(source) >= rows and np.array_equal(source[:rows], np.arange(rows)):
+            codes[: len(self.fields), :rows] = self.codes  # rows kept in place (an append): one block copy
+            codes[: len(self.fields), rows:][:, kept[rows:]] = self.codes[:, source[rows:][kept[rows:]]]
+        elif len(self.fields) and kept.any():
             codes[: len(self.fields), kept] = self.codes[:, source[kept]]
         if at_field:
             codes[np.asarray(at_field), np.asarray(at_row)] = np.asarray(at_code, dtype=np.int32)
+        if dropped is not None and len(dropped):
+            codes[:, np.asarray(dropped, dtype=np.int64)] = -1
         return MetadataTable(*_compact(fields, values, codes), sorted(opaque))
 
     # -- answering a filter -------------------------------------------------------------------------

