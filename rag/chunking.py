@@ -153,11 +153,11 @@ class Chunker:
         spans: list[tuple[int, int, HeadingPath, int]] = []
         if self.strategy == "markdown":
             for start, end, path in sections:
-                reserve = self._reserve(title, [path])
+                reserve = self._room(text[start:end], title, path, self._reserve(title, [path]))
                 spans.extend((start + a, start + b, path, reserve)
                              for a, b, _ in self._spans(text[start:end], self._limit - reserve))
         else:  # cut as one text; each chunk takes the heading path where it starts
-            reserve = self._reserve(title, [path for _, _, path in sections])
+            reserve = self._room(text, title, sections[0][2], self._reserve(title, [p for _, _, p in sections]))
             starts = [start for start, _, _ in sections]
             spans.extend((a, b, sections[bisect_right(starts, a) - 1][2], reserve)
                          for a, b, _ in self._spans(text, self._limit - reserve))
@@ -189,15 +189,18 @@ class Chunker:
         longest = max(self.count_tokens(HEADER_JOIN.join(_parts(title, path))) for path in paths)
         return min(longest + self._separator_tokens, self._context_cap) if longest else 0
 
+    def _room(self, text: str, title: str, path: HeadingPath, reserve: int) -> int:
+        """``reserve``, or none for a text that fits one chunk whole and already shows its context (it
+        opens with its title, no heading above it): it stays one chunk, as without context."""
+        if reserve and not _unshown(title, path, text) and self.count_tokens(text.strip()) <= self._limit:
+            return 0
+        return reserve
+
     def _context(self, title: str, path: HeadingPath, piece: str, reserve: int) -> str:
         """The chunk's context: its title and heading path, less what its first lines already show
         (a chunk that opens with its title or its own section's heading), cut to fit ``reserve``
         tokens with the separator, and so the whole indexed text fits the limit."""
-        shown = _opening_headings(piece)
-        opening = piece.lstrip()
-        parts = [part for part in _parts(title, path)
-                 if part not in shown and not (part == title and opening.startswith(title))]
-        context = self._fit(HEADER_JOIN.join(parts), reserve - self._separator_tokens)
+        context = self._fit(HEADER_JOIN.join(_unshown(title, path, piece)), reserve - self._separator_tokens)
         # A tokenizer whose counts do not add up where the two texts meet: shorten until it fits.
         while context and self.count_tokens(context + CONTEXT_SEPARATOR + piece) > self._limit:
             context = self._fit(context, self.count_tokens(context) - 1)
@@ -390,6 +393,14 @@ def _drop_contained(spans: list[Counted]) -> list[Counted]:
 def _parts(title: str, path: HeadingPath) -> list[str]:
     """The title, then the headings, each once (a first heading that repeats the title adds nothing)."""
     return list(dict.fromkeys(part for part in (title, *path) if part))
+
+
+def _unshown(title: str, path: HeadingPath, piece: str) -> list[str]:
+    """The parts of a chunk's context (title, headings) its own first lines do not already show."""
+    shown = _opening_headings(piece)
+    opening = piece.lstrip()
+    return [part for part in _parts(title, path)
+            if part not in shown and not (part == title and opening.startswith(title))]
 
 
 def _opening_headings(text: str) -> set[str]:

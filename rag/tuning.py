@@ -1,5 +1,5 @@
 """A collection chooses its own hybrid fusion: each candidate setting is scored on questions, and the
-best one is recorded in the collection (rag.retrieval.FusionChoice), which searches then use.
+chosen one is recorded in the collection (rag.retrieval.FusionChoice), which searches then use.
 
 Without labels the questions come from the collection itself. A sampled chunk gives up one of its
 sentences as the question, and the chunk WITHOUT that sentence is the answer; the chunk's context
@@ -14,11 +14,21 @@ document are left out of its candidates: their overlap could hold the sentence.
 With labels (`rag tune --queries Q --qrels R`, BEIR formats) the questions are the user's, searched
 over the whole collection as they are, and documents are judged as `rag eval retrieval` judges them.
 
-Each candidate is scored by nDCG@10 (the answer's document ranked by its best chunk). The choice
-leans to dense, by the one-standard-error rule: the most dense-leaning candidate whose mean is within
-one standard error (of the paired per-question difference) of the best candidate's wins. Questions
-made from the text still favour exact words, the dense side rarely fails outright, and a difference
-the questions cannot tell apart from noise is no reason to move away from it.
+Each candidate is scored by nDCG@10 (the answer's document ranked by its best chunk).
+
+On labels the choice is the most dense-leaning candidate whose mean is within one standard error (of
+the paired per-question difference) of the best candidate's: a difference the questions cannot tell
+apart from noise is no reason to move away from dense, which rarely fails outright.
+
+On questions made from the collection only the two retrievers alone are compared. Where one of them
+falls far behind the other (lexical's score at most 1 / DENSE_ALONE of dense's, or dense's at most
+1 / LEXICAL_ALONE of lexical's) fusing it in adds mostly noise and the better one is used alone;
+otherwise the balanced BALANCED weight is. The best fused weight on such questions is not trusted:
+it moves by a few tenths from one sample of questions to the next and, even with the sentence taken
+out of its chunk, a question cut from the text still shares its words, so it leans lexical on some
+collections and dense on others without following what real questions favour. The gap between the
+two retrievers alone is the steadier signal; the dense side needs the smaller margin because those
+questions flatter BM25.
 """
 
 from __future__ import annotations
@@ -49,6 +59,9 @@ POOL = 4000  # chunks they are answered among, at most (the answers included)
 DEPTH = 100  # candidates each retriever gives a question, as retrieval.fetch_k does
 MIN_CHUNKS = 100  # a smaller collection is not tuned: too few distractors
 MIN_QUESTIONS = 50  # nor one whose chunks give fewer questions (one per document with two sentences)
+DENSE_ALONE = 1.2  # dense alone when it scores this many times lexical's on questions made from the chunks
+LEXICAL_ALONE = 1.5  # lexical alone when it scores this many times dense's (those questions flatter it)
+BALANCED = ("weighted", 0.5)  # otherwise
 RETUNE_GROWTH = 2.0  # an ingest re-tunes when the collection has grown or shrunk this much since
 SEED = 0
 
@@ -110,9 +123,20 @@ class Tuning:
 Candidate = tuple[str, float]  # (fusion, dense_weight)
 
 
+def choose_unlabelled(per_question: dict[Candidate, np.ndarray]) -> Candidate:
+    """On questions made from the collection: a retriever alone where the other falls far behind it
+    (DENSE_ALONE, LEXICAL_ALONE), else BALANCED (see the module docstring)."""
+    dense, lexical = (float(per_question[("weighted", w)].mean()) for w in (1.0, 0.0))
+    if dense >= DENSE_ALONE * lexical:
+        return ("weighted", 1.0)
+    if lexical >= LEXICAL_ALONE * dense:
+        return ("weighted", 0.0)
+    return BALANCED
+
+
 def choose(per_question: dict[Candidate, np.ndarray]) -> Candidate:
-    """The most dense-leaning candidate whose mean score is within one standard error of the best
-    one's (the standard error of their paired per-question differences)."""
+    """On labelled questions: the most dense-leaning candidate whose mean score is within one
+    standard error of the best one's (the standard error of their paired per-question differences)."""
     best = max(per_question, key=lambda c: (float(per_question[c].mean()), c[1]))
     for candidate in sorted(per_question, key=lambda c: -c[1]):
         difference = per_question[best] - per_question[candidate]
@@ -298,7 +322,7 @@ def tune(pipeline: Pipeline, *, queries: str | Path | None = None, qrels: str | 
                              f"chunks (one per document that has two sentences), {MIN_QUESTIONS} are needed; "
                              "give --queries and --qrels instead")
     per_question = score_candidates(questions, document, pipeline.settings.retrieval.rrf_k)
-    fusion, weight = choose(per_question)
+    fusion, weight = choose(per_question) if source == "labels" else choose_unlabelled(per_question)
     choice = FusionChoice(fusion, weight, source, len(questions), chunks)
     if apply:
         record(pipeline, choice)

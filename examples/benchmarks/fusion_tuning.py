@@ -78,7 +78,7 @@ def main() -> None:
         started = time.perf_counter()
         questions, document = tuning.pseudo_questions(collection, count=args.questions, pool=args.pool, seed=seed)
         per_question = tuning.score_candidates(questions, document)
-        choice = tuning.choose(per_question)
+        choice = tuning.choose_unlabelled(per_question)
         best = max(per_question, key=lambda c: float(per_question[c].mean()))
         errors = {}  # how many standard errors of the paired difference each candidate is below the best
         for candidate, scores in per_question.items():
