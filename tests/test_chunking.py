@@ -412,3 +412,21 @@ def test_without_context_the_chunks_are_as_before(tokenizer):
         on = chunker.split(titled)
         assert all(c.metadata["context"] == "Prose" for c in on)
         assert all(chunker.count_tokens(c.text) < 40 for c in on)  # room kept for the title
+
+
+def test_a_document_that_fits_whole_and_opens_with_its_title_keeps_the_whole_chunk(tokenizer):
+    """Context costs no room where there is nothing to carry: a document that fits one chunk whole
+    and opens with its title (a BEIR record, `title + text`) stays one chunk, as without context; the
+    same text under a title it does not show is cut, each chunk carrying the title."""
+    chunker = Chunker(tokenizer, chunk_size=40, chunk_overlap=8)
+    words = ["Glaciers", "form", "where", "snow", "falls", "faster", "than", "it", "melts", "each", "year"]
+    text = "Glaciers. " + " ".join(words[i % len(words)] for i in range(60))
+    while chunker.count_tokens(text) > chunker.limit:  # the longest that still fits whole
+        text = text.rsplit(" ", 1)[0]
+    # past what the limit less room for the title would leave
+    assert chunker.count_tokens(text) + chunker.count_tokens("Glaciers" + CONTEXT_SEPARATOR) > chunker.limit
+    (chunk,) = check_invariants(chunker, Document("g", text, {"title": "Glaciers"}))
+    assert "context" not in chunk.metadata
+    title = "Ice sheets of the polar regions"  # one the text does not open with: room is kept for it
+    other = check_invariants(chunker, Document("g", text, {"title": title}))
+    assert len(other) == 2 and all(c.metadata["context"] == title for c in other)
