@@ -199,7 +199,7 @@ class LocalEngine:
 
     def run(self, plan: Iterator[FileWork]) -> Iterator[list[FileWork]]:
         load, split = self.stages.load, self.stages.split
-        prepared = lambda: (chunk_work(w, load, split) if w.status in WRITTEN else w for w in plan)  # noqa: E731
+        prepared = lambda: (chunk_work(w, load, split) if w.status in WRITTEN else w for w in plan)  # noqa: E731 - a generator factory, named to read
         batch: list[FileWork] = []
         batch_chunks = 0
         for work in _ahead(prepared) if self.prepare_ahead else prepared():

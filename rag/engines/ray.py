@@ -106,7 +106,7 @@ class RayEngine:
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         try:
             import ray
-            import ray.data  # noqa: F401
+            import ray.data  # noqa: F401 - imported only to check the extra is installed
         except ImportError:
             raise ConfigError('ingest.engine: ray needs Ray Data: pip install -e ".[ray]"') from None
 

@@ -336,7 +336,7 @@ class LexicalIndex:
         names[doomed] = b""
         if table is not None and with_metadata:
             origin = np.concatenate([np.arange(table.rows), np.full(len(items), -1)])
-            table = table.updated(origin, [item[2] for item in items.values()], doomed)  # type: ignore[misc]
+            table = table.updated(origin, [item[2] for item in items.values()], doomed)  # type: ignore[misc]  # with_metadata: every item has its metadata third
         else:
             table = None
         rows_file, table_files = self._save_table(names, table, uuid.uuid4().hex[:16])
@@ -486,7 +486,7 @@ class LexicalIndex:
                     text = _restricted(text, tantivy.Query.term_set_query(
                         schema, "row", np.flatnonzero(mask).tolist()))
                 else:
-                    keep = lambda rows: mask[rows]  # noqa: E731
+                    keep = lambda rows: mask[rows]  # noqa: E731 - a one-line filter, named for _top
             else:
                 wanted = [i for i in allowed_ids if isinstance(i, str)]
                 if not wanted:
@@ -495,7 +495,7 @@ class LexicalIndex:
                     text = _restricted(text, tantivy.Query.term_set_query(schema, "id", wanted))
                 else:
                     allowed = set(wanted)
-                    keep = lambda rows: np.fromiter(  # noqa: E731
+                    keep = lambda rows: np.fromiter(  # noqa: E731 - a one-line filter, named for _top
                         (names[r].decode() in allowed for r in rows.tolist()), dtype=bool, count=len(rows))
         return _top(searcher, text, k, names, keep)
 
