@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import logging
 import re
+from bisect import bisect_right
 from typing import TYPE_CHECKING, Literal
 
 import tokenizers
@@ -25,8 +26,8 @@ from langchain_text_splitters import (
 )
 
 from rag.errors import ConfigError, ModelError
-from rag.text import FRONT_MATTER
-from rag.types import Chunk, Document
+from rag.text import FRONT_MATTER, one_line
+from rag.types import CONTEXT_SEPARATOR, Chunk, Document
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -34,9 +35,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEADER_JOIN = " > "
+# Formats whose loaders write headings as ATX lines (``# Title``): their heading path is known for
+# every strategy, not only ``markdown``. Other text (plain text, code, records) may hold "# " lines
+# that are not headings.
+HEADED_FORMATS = frozenset({"markdown", "html", "docx", "pptx", "xlsx"})
+# A chunk's context (title and heading path) takes at most this share of its tokens: a deep path of
+# long headings is cut, never the chunk's own text.
+CONTEXT_SHARE = 0.25
 
 Span = tuple[int, int]
 Counted = tuple[int, int, int]  # start, end, tokens
+HeadingPath = tuple[str, ...]  # the headings above a place in the text, outermost first
 
 _ATX_HEADER = re.compile(r" {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
@@ -53,7 +62,15 @@ class Chunker:
     """Splits documents into chunks of at most ``limit`` tokens of the embedding model.
 
     ``recursive`` cuts at paragraphs, then lines, then words; ``markdown`` first cuts at headers
-    (outside code fences) and records the header path; ``token`` takes fixed token windows.
+    (outside code fences); ``token`` takes fixed token windows. Where the text has headings (the
+    markdown strategy, or a format in HEADED_FORMATS) each chunk records the heading path above its
+    start in ``metadata["headers"]``.
+
+    With ``context`` (``auto`` is on: the pipeline decides ``auto`` from the collection's record),
+    each chunk also records its context in ``metadata["context"]``: the document's title and that
+    heading path, less what the chunk's own first lines already show. The indexer embeds and indexes
+    ``context + CONTEXT_SEPARATOR + text`` (rag.types.indexed_text), never storing it, so offsets
+    stay exact; the chunk is cut that much shorter, so the whole still fits the model.
     """
 
     def __init__(
@@ -64,6 +81,7 @@ class Chunker:
         chunk_size: int = 256,
         chunk_overlap: int = 32,
         max_tokens: int | None = None,
+        context: bool | Literal["auto"] = "auto",
     ) -> None:
         # Settings are checked by rag.config; what only the model knows is checked here.
         limit = chunk_size if max_tokens is None else min(chunk_size, max_tokens)
@@ -81,7 +99,10 @@ class Chunker:
         self.strategy = strategy
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap
+        self.context = context is True or context == "auto"
         self._limit = limit
+        # The most tokens a context may take; the chunk's own text keeps more than the overlap.
+        self._context_cap = min(int(limit * CONTEXT_SHARE), limit - chunk_overlap - 1)
         # A private copy of the Rust tokenizer: the shared one may carry truncation/padding settings
         # (MiniLM's pads and truncates to 128), and calling it directly skips transformers' overhead.
         self._encoder = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -105,16 +126,12 @@ class Chunker:
             is_regex, keep = True, "end"
         else:
             separators, is_regex, keep = ["\n\n", "\n", " ", ""], False, "start"
+        keep_separator: Literal["start", "end"] = "end" if keep == "end" else "start"
         self._first_cuts = [re.compile(sep if is_regex else re.escape(sep)) for sep in separators if sep]
         self._keep_end = keep == "end"
-        self._splitter = RecursiveCharacterTextSplitter(
-            separators=separators,
-            is_separator_regex=is_regex,
-            keep_separator=keep,
-            chunk_size=limit,
-            chunk_overlap=chunk_overlap,
-            length_function=self._cached_count,
-        )
+        self._separators = (separators, is_regex, keep_separator)
+        self._splitters: dict[int, RecursiveCharacterTextSplitter] = {}  # by chunk limit
+        self._separator_tokens = self.count_tokens(CONTEXT_SEPARATOR)
 
     @property
     def limit(self) -> int:
@@ -128,21 +145,35 @@ class Chunker:
     def split(self, document: Document) -> list[Chunk]:
         """The document's chunks in order; empty for a blank document."""
         text = document.text
+        headed = self.strategy == "markdown" or document.metadata.get("format") in HEADED_FORMATS
+        sections = _markdown_sections(text) if headed else [(0, len(text), ())]
+        title = one_line(document.metadata.get("title") or "", limit=None)
         self._counts.clear()
-        sections = _markdown_sections(text) if self.strategy == "markdown" else [(0, len(text), None)]
-        spans: list[tuple[int, int, str | None]] = []
-        for start, end, headers in sections:
-            spans.extend((start + a, start + b, headers) for a, b, _ in self._spans(text[start:end]))
+        # (start, end, heading path, tokens kept for the context)
+        spans: list[tuple[int, int, HeadingPath, int]] = []
+        if self.strategy == "markdown":
+            for start, end, path in sections:
+                reserve = self._room(text[start:end], title, path, self._reserve(title, [path]))
+                spans.extend((start + a, start + b, path, reserve)
+                             for a, b, _ in self._spans(text[start:end], self._limit - reserve))
+        else:  # cut as one text; each chunk takes the heading path where it starts
+            reserve = self._room(text, title, sections[0][2], self._reserve(title, [p for _, _, p in sections]))
+            starts = [start for start, _, _ in sections]
+            spans.extend((a, b, sections[bisect_right(starts, a) - 1][2], reserve)
+                         for a, b, _ in self._spans(text, self._limit - reserve))
         self._counts.clear()
 
         base = {key: value for key, value in document.metadata.items() if value is not None}
         tables = markdown_tables(text)
         chunks = []
-        for index, (start, end, headers) in enumerate(spans):
+        for index, (start, end, path, reserve) in enumerate(spans):
             piece = text[start:end]
             metadata = {**base, "chunk_index": index, "start": start, "end": end}
-            if headers is not None:
-                metadata["headers"] = headers
+            if headed:
+                metadata["headers"] = HEADER_JOIN.join(path)
+            context = self._context(title, path, piece, reserve) if reserve else ""
+            if context:
+                metadata["context"] = context
             table_header = header_of_rows(text, tables, start)
             if table_header is not None:
                 metadata["table_header"] = table_header
@@ -150,22 +181,74 @@ class Chunker:
             chunks.append(chunk)
         return chunks
 
-    def _spans(self, text: str) -> list[Counted]:
-        """Spans of ``text`` that fit the limit and cover all its non-whitespace, in order."""
+    def _reserve(self, title: str, paths: list[HeadingPath]) -> int:
+        """Tokens kept free in each chunk for the longest context these heading paths can give (0
+        without ``context``), at most the context cap."""
+        if not self.context or self._context_cap <= 0:
+            return 0
+        longest = max(self.count_tokens(HEADER_JOIN.join(_parts(title, path))) for path in paths)
+        return min(longest + self._separator_tokens, self._context_cap) if longest else 0
+
+    def _room(self, text: str, title: str, path: HeadingPath, reserve: int) -> int:
+        """``reserve``, or none for a text that fits one chunk whole and already shows its context (it
+        opens with its title, no heading above it): it stays one chunk, as without context."""
+        if reserve and not _unshown(title, path, text) and self.count_tokens(text.strip()) <= self._limit:
+            return 0
+        return reserve
+
+    def _context(self, title: str, path: HeadingPath, piece: str, reserve: int) -> str:
+        """The chunk's context: its title and heading path, less what its first lines already show
+        (a chunk that opens with its title or its own section's heading), cut to fit ``reserve``
+        tokens with the separator, and so the whole indexed text fits the limit."""
+        context = self._fit(HEADER_JOIN.join(_unshown(title, path, piece)), reserve - self._separator_tokens)
+        # A tokenizer whose counts do not add up where the two texts meet: shorten until it fits.
+        while context and self.count_tokens(context + CONTEXT_SEPARATOR + piece) > self._limit:
+            context = self._fit(context, self.count_tokens(context) - 1)
+        return context
+
+    def _fit(self, text: str, tokens: int) -> str:
+        """``text`` cut at a token boundary to at most ``tokens`` tokens ("" when none fit). A cut can
+        tokenise differently from the whole, so each is counted again (as in ``_cut``)."""
+        offsets = self._encoder.encode(text, add_special_tokens=False).offsets
+        if len(offsets) <= tokens:
+            return text
+        for take in range(tokens, 0, -1):
+            cut = text[: offsets[take - 1][1]].rstrip()
+            if self.count_tokens(cut) <= tokens:
+                return cut
+        return ""
+
+    def _spans(self, text: str, limit: int) -> list[Counted]:
+        """Spans of ``text`` that fit ``limit`` and cover all its non-whitespace, in order."""
         if not text.strip():
             return []
         if self.strategy == "token":
-            pieces = self._token_windows(text)
+            pieces = self._token_windows(text, limit)
         else:
             self._warm_counts(text)
-            pieces = self._splitter.split_text(text)
+            pieces = self._splitter(limit).split_text(text)
         spans = _fill_gaps(text, _locate(text, pieces))
         fitted: list[Counted] = []
         for (a, b), count in zip(spans, self._count_many([text[a:b] for a, b in spans]), strict=True):
-            fitted.extend([(a, b, count)] if count <= self._limit else self._cut(text, a, b))
-        return self._join_small(text, _drop_contained(fitted))
+            fitted.extend([(a, b, count)] if count <= limit else self._cut(text, a, b, limit))
+        return self._join_small(text, _drop_contained(fitted), limit)
 
-    def _join_small(self, text: str, spans: list[Counted]) -> list[Counted]:
+    def _splitter(self, limit: int) -> RecursiveCharacterTextSplitter:
+        """Langchain's splitter for chunks of ``limit`` tokens (one per limit, made on first need)."""
+        splitter = self._splitters.get(limit)
+        if splitter is None:
+            separators, is_regex, keep = self._separators
+            splitter = self._splitters[limit] = RecursiveCharacterTextSplitter(
+                separators=separators,
+                is_separator_regex=is_regex,
+                keep_separator=keep,
+                chunk_size=limit,
+                chunk_overlap=self.chunk_overlap,
+                length_function=self._cached_count,
+            )
+        return splitter
+
+    def _join_small(self, text: str, spans: list[Counted], limit: int) -> list[Counted]:
         """Join each span to the one before it when the two fit in one chunk.
 
         Langchain starts a fresh chunk after every paragraph it had to cut, which leaves scraps
@@ -174,9 +257,9 @@ class Chunker:
         """
         out: list[Counted] = []
         for start, end, count in spans:
-            if out and out[-1][2] + count <= self._limit:
+            if out and out[-1][2] + count <= limit:
                 joined = self.count_tokens(text[out[-1][0] : end])
-                if joined <= self._limit:
+                if joined <= limit:
                     out[-1] = (out[-1][0], end, joined)
                     continue
             out.append((start, end, count))
@@ -200,19 +283,19 @@ class Chunker:
     def _count_many(self, texts: list[str]) -> list[int]:
         return [len(encoding) for encoding in self._encode_many(texts, add_special_tokens=False)]
 
-    def _token_windows(self, text: str) -> list[str]:
+    def _token_windows(self, text: str, limit: int) -> list[str]:
         """Langchain's token windows, with token positions as ids so each window decodes to the
         exact original text (decoding real ids would normalise it: lower case, no accents)."""
         offsets = self._encoder.encode(text, add_special_tokens=False).offsets
         windows = Tokenizer(
             chunk_overlap=self.chunk_overlap,
-            tokens_per_chunk=self._limit,
+            tokens_per_chunk=limit,
             encode=lambda _: list(range(len(offsets))),
             decode=lambda ids: text[offsets[ids[0]][0] : offsets[ids[-1]][1]],
         )
         return split_text_on_tokens(text=text, tokenizer=windows)
 
-    def _cut(self, text: str, start: int, end: int) -> list[Counted]:
+    def _cut(self, text: str, start: int, end: int, limit: int) -> list[Counted]:
         """Cut an over-limit span into consecutive spans that fit, at token boundaries.
 
         A substring can tokenise differently from the whole (a word cut in two, an over-long word
@@ -224,18 +307,18 @@ class Chunker:
         start, end = _strip(text, start, end)
         while start < end:
             offsets = self._encoder.encode(text[start:end], add_special_tokens=False).offsets
-            if len(offsets) <= self._limit:
+            if len(offsets) <= limit:
                 out.append((start, end, len(offsets)))
                 break
-            take = self._limit
+            take = limit
             while True:
                 cut = _strip(text, start, start + max(offsets[take - 1][1], 1))[1]
                 count = self.count_tokens(text[start:cut])
-                if count <= self._limit or take == 1:  # one token's text is as small as a cut can be
+                if count <= limit or take == 1:  # one token's text is as small as a cut can be
                     break
-                take = max(1, take - (count - self._limit))
-            if count > self._limit:
-                log.warning("%r is %d tokens, over the chunk size %d", text[start:cut], count, self._limit)
+                take = max(1, take - (count - limit))
+            if count > limit:
+                log.warning("%r is %d tokens, over the chunk size %d", text[start:cut], count, limit)
             out.append((start, cut, count))
             start, end = _strip(text, cut, end)
         return out
@@ -307,18 +390,45 @@ def _drop_contained(spans: list[Counted]) -> list[Counted]:
     return out
 
 
-def _markdown_sections(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, header path) for each section of a markdown text.
+def _parts(title: str, path: HeadingPath) -> list[str]:
+    """The title, then the headings, each once (a first heading that repeats the title adds nothing)."""
+    return list(dict.fromkeys(part for part in (title, *path) if part))
+
+
+def _unshown(title: str, path: HeadingPath, piece: str) -> list[str]:
+    """The parts of a chunk's context (title, headings) its own first lines do not already show."""
+    shown = _opening_headings(piece)
+    opening = piece.lstrip()
+    return [part for part in _parts(title, path)
+            if part not in shown and not (part == title and opening.startswith(title))]
+
+
+def _opening_headings(text: str) -> set[str]:
+    """The headings of the ATX heading lines a chunk opens with."""
+    shown = set()
+    for line in text.lstrip().split("\n"):
+        if not line.strip():
+            continue
+        header = _ATX_HEADER.match(line.rstrip())
+        if not header:
+            break
+        shown.add(header.group(2).strip())
+    return shown
+
+
+def _markdown_sections(text: str) -> list[tuple[int, int, HeadingPath]]:
+    """(start, end, heading path) for each section of a markdown text.
 
     A section runs from an ATX header line (``#`` to ``######``, not inside a fenced code block
     or front matter) to the next one; a header with nothing under it but a sub-header stays with
     that sub-header, so a chunk is never just a title.
     """
-    sections: list[tuple[int, int, str]] = []
+    sections: list[tuple[int, int, HeadingPath]] = []
     path: list[tuple[int, str]] = []
     front = FRONT_MATTER.match(text)
     offset = front.end() if front else 0
-    section_start, section_body, headers = 0, 0, ""
+    section_start, section_body = 0, 0
+    headers: HeadingPath = ()
     fence = ""
     for line in text[offset:].split("\n"):
         line_start, offset = offset, offset + len(line) + 1
@@ -342,7 +452,7 @@ def _markdown_sections(text: str) -> list[tuple[int, int, str]]:
         while path and path[-1][0] >= level:
             path.pop()
         path.append((level, header.group(2).strip()))
-        headers = HEADER_JOIN.join(title for _, title in path)
+        headers = tuple(title for _, title in path)
         section_body = min(offset, len(text))
     sections.append((section_start, len(text), headers))
     return sections

@@ -163,10 +163,20 @@ def _add_eval(subparsers: Commands) -> None:
 
 
 
+def _add_tune(subparsers: Commands) -> None:
+    tune = _command(subparsers, "tune", commands.tune,
+                    help="choose the collection's hybrid fusion on its own chunks (or on labelled queries)")
+    tune.add_argument("--queries", metavar="queries.jsonl", help="judged queries (BEIR format); with --qrels")
+    tune.add_argument("--qrels", metavar="qrels.tsv", help="their judgements: query id, document (a corpus id, "
+                      "a file's path or a document id), grade")
+    tune.add_argument("--apply", action="store_true", help="record the choice in the collection, for searches to use")
+    _common(tune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rag", description="Answers from your own documents with local models.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_ingest, _add_store_views, _add_answers, _add_eval):
+    for add in (_add_ingest, _add_store_views, _add_answers, _add_eval, _add_tune):
         add(subparsers)
     return parser
 

@@ -138,3 +138,15 @@ def evaluate(args: argparse.Namespace) -> int:
     else:
         print(report.format_result(result))
     return 0
+
+
+def tune(args: argparse.Namespace) -> int:
+    from rag.tuning import tune
+
+    tuning = tune(pipeline_for(args), queries=args.queries, qrels=args.qrels, apply=args.apply)
+    if args.json:
+        console.emit_json({**tuning.as_dict(), "applied": args.apply})
+    else:
+        print(tuning.summary())
+        print("recorded in the collection" if args.apply else "not recorded (add --apply to use it)")
+    return 0

@@ -94,6 +94,11 @@ class ChunkingSettings(Section):
     """Tokens of the embedding model's tokenizer per chunk, at most; capped at what the model can see."""
     chunk_overlap: int = Field(default=32, ge=0)
     """Tokens shared by consecutive chunks."""
+    context: bool | Literal["auto"] = "auto"
+    """Embed and index each chunk with its context before it: the document's title and the heading path
+    above it (never added to the stored chunk text, whose offsets stay exact). auto: on for a new
+    collection; a collection made before rag recorded this keeps it off until it is made anew (so an
+    upgrade embeds nothing again). true/false: as said (a change re-ingests each file as it comes)."""
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> ChunkingSettings:
@@ -223,12 +228,19 @@ class RetrievalSettings(Section):
     where: dict[str, Any] | None = None
     """A metadata filter, e.g. {format: pdf} or {page: {$gte: 2}}; operators $eq $ne $gt $gte $lt $lte
     $in $nin, combined with $and / $or."""
-    fusion: Literal["rrf", "weighted"] = "weighted"
-    """Hybrid fusion: weighted (a weighted sum of min-max normalized scores) | rrf (reciprocal rank fusion)."""
+    fusion: Literal["auto", "rrf", "weighted"] = "auto"
+    """Hybrid fusion: auto (what the collection chose on its own chunks: see tune_on_ingest and `rag tune`;
+    weighted until it has chosen) | weighted (a weighted sum of min-max normalized scores) | rrf
+    (reciprocal rank fusion). A value set here wins over the collection's choice."""
     rrf_k: int = Field(default=60, ge=1)
     """The k of reciprocal rank fusion: each retriever adds 1 / (rrf_k + rank)."""
-    dense_weight: float = Field(default=0.5, ge=0, le=1)
-    """Weighted fusion: the weight of the dense side (the lexical side gets 1 - this)."""
+    dense_weight: Annotated[float, Field(ge=0, le=1)] | Literal["auto"] = "auto"
+    """Weighted fusion: the weight of the dense side (the lexical side gets 1 - this). auto: the
+    collection's choice (0.5 until it has chosen); a number set here wins over it."""
+    tune_on_ingest: bool = True
+    """At the end of an ingest that changed the collection enough (or left it with no choice), choose its
+    fusion on questions made from its own chunks, as `rag tune --apply` does; a choice made on labels is
+    kept. Costs a few seconds; nothing is embedded again."""
     fetch_k: int = Field(default=100, ge=1)
     """Candidates each retriever contributes before fusion, MMR or rerank."""
     mmr: bool = False

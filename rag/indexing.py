@@ -35,7 +35,7 @@ import numpy as np
 
 from rag.errors import LoadError
 from rag.text import log, printable
-from rag.types import Chunk, Document, FileRecord, FileRow, LexicalItem, LexicalStore, VectorStore
+from rag.types import Chunk, Document, FileRecord, FileRow, LexicalStore, VectorStore, lexical_item
 
 LEXICAL_FLUSH = 20_000  # chunks written before the lexical index is brought up to date
 COMPACT_ROWS = 100_000  # rows of deleted chunks the lexical index keeps before a rebuild compacts them
@@ -147,10 +147,11 @@ def chunk_work(work: FileWork, load: Callable[[Path, bytes], list[Document]],
 
 def write_chunks(store: VectorStore, embed: Callable[[list[str]], np.ndarray], new: list[Chunk],
                  kept: list[Chunk]) -> None:
-    """New chunks embedded together and upserted; chunks already stored by id (a changed file's
-    unchanged parts) only get their new metadata. Both are idempotent, so a retried batch is harmless."""
+    """New chunks embedded together (their indexed text: context and text) and upserted; chunks
+    already stored by id (a changed file's unchanged parts) only get their new metadata. Both are
+    idempotent, so a retried batch is harmless."""
     if new:
-        store.upsert(new, embed([c.text for c in new]))
+        store.upsert(new, embed([c.indexed for c in new]))
     if kept:
         store.update_metadata([c.id for c in kept], [c.metadata for c in kept])
 
@@ -437,9 +438,3 @@ class Indexer:
         lexical.update([lexical_item(c.id, c.text, c.metadata) for c, _ in chunks], sources=list(pending),
                        state=store.state if final else "ingest in progress")
         record.mark_indexed(pending)
-
-
-def lexical_item(chunk_id: str, text: str, metadata: dict[str, Any]) -> LexicalItem:
-    """What the lexical index is fed for a stored chunk, in every case (updates, repairs, rebuilds):
-    its id, the text its terms come from, and its metadata as the store holds it (for filters)."""
-    return chunk_id, text, metadata

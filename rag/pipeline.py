@@ -22,8 +22,9 @@ from rag.evidence import best_sentences
 from rag.indexing import Engine, Indexer, IngestReport, LocalEngine
 from rag.loaders import iter_files
 from rag.prompting import citations
-from rag.retrieval import near_duplicates
+from rag.retrieval import describe_fusion, near_duplicates
 from rag.stages import Stages, ingest_stages
+from rag.tuning import tuned
 from rag.types import Answer, Chunk, Document, Hit, TextGenerator, VectorStore
 
 
@@ -52,12 +53,13 @@ class Pipeline(Stages):
                 yield item
                 if on_file is not None:
                     on_file(str(getattr(item, "path", item)))
-        return self._indexer().run(items, sync_roots=roots if sync else None, wait=wait)
+        # rag.tuning: the collection's fusion is chosen again at the end when worth it
+        return tuned(self, self._indexer().run(items, sync_roots=roots if sync else None, wait=wait))
 
     def ingest_documents(self, documents: Iterable[Document], *, wait: bool = True) -> IngestReport:
         """Ingest documents made in memory (e.g. an evaluation corpus); ``metadata["source"]`` is each
         one's identity, as a file's path is for files."""
-        return self._indexer("local").run(lambda: iter(documents), wait=wait)  # they live in this process
+        return tuned(self, self._indexer("local").run(lambda: iter(documents), wait=wait))  # in this process
 
     def remove(self, sources: Iterable[str | Path], *, wait: bool = True) -> IngestReport:
         """Delete these documents (a file's path, or a document's ``source``) from the store and the
@@ -72,7 +74,8 @@ class Pipeline(Stages):
         if engine == "ray":  # checked before anything is loaded: the one line says what to set
             from rag.engines.ray import RayEngine
 
-            runner = RayEngine(partial(ingest_stages, s), url=s.store.url, **s.ingest.ray.model_dump())
+            runner = RayEngine(partial(ingest_stages, self._worker_settings()), url=s.store.url,
+                               **s.ingest.ray.model_dump())
         stages = self._ingest_stages()
         if engine != "ray":
             runner = LocalEngine(stages, write_batch=s.ingest.write_batch, prepare_ahead=self._prepare_ahead())
@@ -245,6 +248,7 @@ class Pipeline(Stages):
             "embedding_space": record.get("embedding_space", "cosine" if record else None),
             "embedding_dtype": record.get("embedding_dtype"),
             "chunking": {k.removeprefix("chunking_"): v for k, v in record.items() if k.startswith("chunking_")},
+            "fusion": describe_fusion(self.settings.retrieval, record) if exists else None,
         }
 
     def _count_files(self, store: VectorStore) -> tuple[int, int]:

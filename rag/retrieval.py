@@ -6,7 +6,9 @@ Scores, higher is better always:
 - ``lexical``: the BM25 score (0..inf, only comparable within one query).
 - ``hybrid``: with ``fusion: rrf``, the reciprocal-rank-fusion score ``sum 1 / (rrf_k + rank)`` over the
   retrievers that found the chunk; with ``fusion: weighted``, ``w * dense' + (1 - w) * lexical'`` where
-  each retriever's scores are min-max normalized over the candidates.
+  each retriever's scores are min-max normalized over the candidates. With ``fusion: auto`` (and
+  ``dense_weight: auto``) the fusion is the one the collection recorded (``FusionChoice``: chosen on
+  its own chunks by rag.tuning), else ``FALLBACK``.
 - with a reranker: the cross-encoder's relevance logit.
 Every hit also carries each retriever's own score and rank in ``Hit.scores`` / ``Hit.ranks``, and the
 dense score of every hit is always filled in, so ``score_threshold`` (read in the dense score's unit)
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -53,6 +55,79 @@ def weighted(scores: dict[str, dict[str, float]], weights: dict[str, float]) -> 
         for chunk_id, score in per.items():
             fused[chunk_id] += weights.get(name, 0.0) * ((score - low) / span if span > 0 else 1.0)
     return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+FUSIONS = ("weighted", "rrf")
+
+
+def fuse(candidates: dict[str, list[tuple[str, float]]], fusion: str, dense_weight: float,
+         rrf_k: int = 60) -> list[tuple[str, float]]:
+    """One best-first ranking of each retriever's best-first (id, score) candidates: what hybrid
+    search ranks by, and what rag.tuning scores each setting with."""
+    if fusion == "rrf":
+        return rrf({name: [i for i, _ in pairs] for name, pairs in candidates.items()}, rrf_k)
+    return weighted({name: dict(pairs) for name, pairs in candidates.items()},
+                    {"dense": dense_weight, "lexical": 1 - dense_weight})
+
+
+@dataclass(frozen=True)
+class FusionChoice:
+    """A collection's hybrid fusion and where it came from, as its record keeps it (``RECORD``
+    keys). ``source``: ``pseudo-queries`` (chosen on questions made from its own chunks, at the end of
+    an ingest or by `rag tune`), ``labels`` (`rag tune --queries --qrels`), ``config`` (the settings
+    name it), or ``default`` (nothing chosen yet: ``FALLBACK``)."""
+
+    fusion: str
+    dense_weight: float
+    source: str
+    queries: int = 0  # how many questions it was chosen on
+    chunks: int = 0  # how many chunks the collection held then
+
+    RECORD: ClassVar[dict[str, str]] = {"fusion": "fusion", "dense_weight": "fusion_dense_weight",
+                                        "source": "fusion_source", "queries": "fusion_queries",
+                                        "chunks": "fusion_chunks"}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> FusionChoice | None:
+        """The choice a collection's record holds; None when it holds none (or one this version
+        cannot read, which is then ignored rather than trusted)."""
+        try:
+            fusion, weight = str(record["fusion"]), float(record["fusion_dense_weight"])
+            if fusion not in FUSIONS or not 0.0 <= weight <= 1.0:
+                return None
+            return cls(fusion, weight, str(record.get("fusion_source", "pseudo-queries")),
+                       int(record.get("fusion_queries", 0)), int(record.get("fusion_chunks", 0)))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def to_record(self) -> dict[str, Any]:
+        return {key: getattr(self, name) for name, key in self.RECORD.items()}
+
+
+# What hybrid search fuses with when neither the settings nor the collection's record say.
+FALLBACK = FusionChoice("weighted", 0.5, "default")
+
+
+def resolve_fusion(fusion: str, dense_weight: float | str, recorded: FusionChoice | None) -> FusionChoice:
+    """The fusion in use: each setting given explicitly wins; ``auto`` takes the collection's
+    recorded choice, else ``FALLBACK``'s."""
+    chosen = recorded or FALLBACK
+    if fusion == "auto" and dense_weight == "auto":
+        return chosen
+    return FusionChoice(chosen.fusion if fusion == "auto" else fusion,
+                        chosen.dense_weight if dense_weight == "auto" else float(dense_weight), "config")
+
+
+def describe_fusion(settings: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """What `rag info` shows of hybrid fusion: the one in use with these retrieval settings and where it
+    came from, and the collection's recorded choice (shown even when a setting overrides it)."""
+    recorded = FusionChoice.from_record(record)
+    in_use = resolve_fusion(settings.fusion, settings.dense_weight, recorded)
+    info: dict[str, Any] = {"fusion": in_use.fusion, "dense_weight": in_use.dense_weight, "source": in_use.source}
+    if recorded is not None:
+        info["recorded"] = {"fusion": recorded.fusion, "dense_weight": recorded.dense_weight,
+                            "source": recorded.source, "questions": recorded.queries, "chunks": recorded.chunks}
+    return info
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
@@ -219,14 +294,20 @@ class Retriever:
     mode: str = "hybrid"
     k: int = 5
     fetch_k: int = 100
-    fusion: str = "weighted"
+    fusion: str = "auto"
     rrf_k: int = 60
-    dense_weight: float = 0.5
+    dense_weight: float | str = "auto"
     score_threshold: float | None = None
     where: dict | None = None
     mmr: bool = False
     mmr_lambda: float = 0.5
     rerank_top_n: int = 20
+    recorded: FusionChoice | None = None  # the collection's own choice, read by the pipeline
+
+    @property
+    def fusion_in_use(self) -> FusionChoice:
+        """The hybrid fusion searches use now (see resolve_fusion)."""
+        return resolve_fusion(self.fusion, self.dense_weight, self.recorded)
 
     def search(self, question: str, k: int | None = None, *, mode: str | None = None,
                where: dict | None = None) -> list[Hit]:
@@ -274,11 +355,9 @@ class Retriever:
         """One best-first ranking of the candidates: the mode's own, or the hybrid fusion of both."""
         if mode != "hybrid":
             return best_first(found.scores(mode))
-        if self.fusion == "rrf":
-            rankings = {name: found.ranking(name) for name in found.per}
-            return rrf(rankings, self.rrf_k)
-        scores = {name: found.scores(name) for name in found.per}
-        return weighted(scores, {"dense": self.dense_weight, "lexical": 1 - self.dense_weight})
+        chosen = self.fusion_in_use
+        candidates = {name: [(i, found.per[name][i][0]) for i in found.ranking(name)] for name in found.per}
+        return fuse(candidates, chosen.fusion, chosen.dense_weight, self.rrf_k)
 
     def _narrow(self, question: str, query: np.ndarray, k: int, found: Candidates,
                 ranked: list[tuple[str, float]]) -> list[tuple[str, float]]:

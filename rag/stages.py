@@ -18,7 +18,7 @@ from rag.generation import build_generator
 from rag.indexing import IngestStages
 from rag.loaders import load_file, ocr_salt, read_file
 from rag.prompting import PromptBuilder
-from rag.retrieval import Reranker, Retriever
+from rag.retrieval import FusionChoice, Reranker, Retriever
 from rag.stores.bm25 import LexicalIndex
 from rag.stores.chroma import Store
 from rag.stores.files import FileRecord
@@ -62,7 +62,7 @@ class Stages:
         settings = self.settings.model_copy(deep=True)
         settings.store.collection = collection
         other = type(self)(settings, progress=self.progress)
-        shared = ("embedder", "chunker", "generator", "small_generator", "prompt")
+        shared = ("embedder", "generator", "small_generator", "prompt")  # the chunker follows the collection
         other._stages.update({name: stage for name, stage in self._stages.items() if name in shared})
         return other
 
@@ -81,8 +81,24 @@ class Stages:
     @property
     def chunker(self) -> Chunker:
         return self._stage("chunker", lambda: Chunker(
-            self.embedder.tokenizer, **self.settings.chunking.model_dump(),
-            max_tokens=self.embedder.max_content_tokens))
+            self.embedder.tokenizer, **self.settings.chunking.model_dump(exclude={"context"}),
+            max_tokens=self.embedder.max_content_tokens, context=self._chunk_context()))
+
+    def _worker_settings(self) -> Settings:
+        """The settings a Ray worker builds its stages from: chunking.context resolved here, by the
+        driver, so that every worker chunks as the collection does."""
+        resolved = self.settings.model_copy(deep=True)
+        resolved.chunking.context = self.chunker.context
+        return resolved
+
+    def _chunk_context(self) -> bool:
+        """chunking.context as set; auto: as the collection recorded it (off for one made before the
+        record knew it, so an upgrade embeds nothing again), on for a new collection."""
+        setting = self.settings.chunking.context
+        if setting != "auto":
+            return setting
+        record = self.store.record()
+        return bool(record.get("chunking_context", False)) if record else True
 
     @property
     def store(self) -> Store:
@@ -98,6 +114,7 @@ class Stages:
             "chunking_strategy": chunking.strategy,
             "chunking_chunk_size": self.chunker.limit,
             "chunking_chunk_overlap": chunking.chunk_overlap,
+            "chunking_context": self.chunker.context,
         }
 
     def _open_store(self, *, create: bool) -> Store:
@@ -140,7 +157,8 @@ class Stages:
         # Settings that change what chunks a file yields: a change re-ingests the file.
         ocr = s.loading.ocr_options(progress=self.progress)
         salt = (f"{s.chunking.strategy}:{self.chunker.limit}:{s.chunking.chunk_overlap}:"
-                f"{s.loading.json_text_field}:{self.embedder.model_name}")
+                f"{s.loading.json_text_field}:{self.embedder.model_name}"
+                f"{':context' if self.chunker.context else ''}")  # absent when off: as before it existed
         return IngestStages(
             read=lambda path: read_file(path, max_bytes=s.loading.max_file_bytes),
             load=lambda path, data: load_file(path, json_text_field=s.loading.json_text_field, data=data,
@@ -161,14 +179,17 @@ class Stages:
             r = self.settings.rerank
             reranker = Reranker(**r.model_dump(exclude={"top_n"})) if r.model else None
             return Retriever(store=store, embed_query=lambda text: self.embedder.embed_queries([text])[0],
-                             reranker=reranker, rerank_top_n=r.top_n, **s.model_dump())
+                             reranker=reranker, rerank_top_n=r.top_n, **s.model_dump(exclude={"tune_on_ingest"}))
 
         retriever = self._stage("retriever", build)
         if lexical is not None:
             retriever.lexical = lexical
+        if mode == "hybrid":  # read each time: another process may have tuned the collection since
+            retriever.recorded = FusionChoice.from_record(store.record())
         return retriever
 
 
 def ingest_stages(settings: Settings) -> IngestStages:
-    """The ingest stages built from settings alone: what a Ray worker calls to build its own."""
+    """The ingest stages built from settings alone: what a Ray worker calls to build its own (with
+    chunking.context resolved by the driver, so that every worker chunks as the collection does)."""
     return Stages(settings, progress=False)._ingest_stages()

@@ -37,7 +37,11 @@ class Document:
 
 @dataclass
 class Chunk:
-    """A span of a document's text: ``document.text[start:end] == text``."""
+    """A span of a document's text: ``document.text[start:end] == text``.
+
+    ``metadata["context"]``, when present, is what the chunker found above the chunk (the document's
+    title and heading path); it is embedded and indexed with the text (``indexed_text``) but never
+    part of ``text``, whose offsets stay exact."""
 
     id: str
     document_id: str
@@ -45,6 +49,23 @@ class Chunk:
     start: int
     end: int
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def indexed(self) -> str:
+        """The text the embedder and the lexical index are given for this chunk."""
+        return indexed_text(self.text, self.metadata)
+
+
+# Between a chunk's context and its text, in what is embedded and indexed.
+CONTEXT_SEPARATOR = "\n\n"
+
+
+def indexed_text(text: str, metadata: Mapping[str, Any]) -> str:
+    """A chunk's text after its context (``metadata["context"]``) when it carries one. Computed from
+    the stored text and metadata alone, so a lexical index rebuilt from the store indexes the same
+    text the ingest embedded and indexed."""
+    context = metadata.get("context")
+    return f"{context}{CONTEXT_SEPARATOR}{text}" if context else text
 
 
 @dataclass
@@ -135,6 +156,7 @@ class VectorStore(Protocol):
     space: str  # how similarity is measured (SPACES); dense scores are in its unit
     def open(self, record: dict[str, Any], *, create: bool = True) -> None: ...
     def record(self) -> dict[str, Any]: ...
+    def update_record(self, values: dict[str, Any]) -> None: ...
     def exists(self) -> bool: ...
     def count(self) -> int: ...
     @property
@@ -161,8 +183,17 @@ def counter_of(state: str | None) -> str | None:
     return None if state is None else state.split(":", 1)[0]
 
 
-# What a lexical index is fed: (chunk id, text), or (chunk id, text, metadata as the store holds it).
+# What a lexical index is fed: (chunk id, text), or (chunk id, text, metadata as the store holds it); the
+# text is the chunk's indexed text (``lexical_item``: its context, then its text).
 LexicalItem = tuple[str, str] | tuple[str, str, Mapping[str, Any]]
+
+
+def lexical_item(chunk_id: str, text: str, metadata: Mapping[str, Any]) -> LexicalItem:
+    """What the lexical index is fed for a stored chunk, in every case (updates, repairs, rebuilds,
+    the index's own rebuild from the store): its id, the text its terms come from (the chunk's
+    indexed text: its context, then its stored text), and its metadata as the store holds it (for
+    filters). Here, beside the types, so that the stores and the indexer share this one definition."""
+    return chunk_id, indexed_text(text, metadata), metadata
 
 
 class LexicalStore(Protocol):

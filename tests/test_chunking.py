@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from rag.chunking import Chunker, chunk_id
 from rag.config import load_settings
 from rag.errors import ConfigError, ModelError
-from rag.types import STRATEGIES, Document
+from rag.types import CONTEXT_SEPARATOR, STRATEGIES, Document
 
 PARAGRAPHS = [
     "Retrieval-augmented generation answers a question in two steps. First it looks up the passages "
@@ -104,6 +104,7 @@ def check_invariants(chunker: Chunker, document: Document) -> list:
         assert text[chunk.start : chunk.end] == chunk.text
         assert chunk.text.strip(), "empty or whitespace-only chunk"
         assert chunker.count_tokens(chunk.text) <= chunker.limit
+        assert chunker.count_tokens(chunk.indexed) <= chunker.limit  # its context and text fit together
         assert chunk.document_id == document.id
         assert chunk.id == chunk_id(document.id, chunk.start, chunk.text)
         assert chunk.metadata["chunk_index"] == index
@@ -249,7 +250,8 @@ def test_no_scraps_after_a_long_block(tokenizer, strategy):
         f"# Example\n\nSome text.\n\n```python\n{code}\n```\n\nAfter the code.\n\n"
         f"## Table\n\n<div>\n\n{rows}\n\n</div>\n\n## Next\n\nMore."
     )
-    chunker = Chunker(tokenizer, strategy=strategy, chunk_size=64, chunk_overlap=8)
+    # The whole limit for the text: a context would take a few tokens of it, and this pins the size.
+    chunker = Chunker(tokenizer, strategy=strategy, chunk_size=64, chunk_overlap=8, context=False)
     chunks = check_invariants(chunker, Document("blocks", text, {}))
     scraps = {"```", "After the code.", "<div>", "## Table\n\n<div>", "</div>"}
     assert not [c.text for c in chunks if c.text in scraps]
@@ -354,3 +356,77 @@ def test_a_long_table_is_cut_between_rows_and_names_its_header(tokenizer, strate
             assert chunk.metadata["table_header"] == header
     assert header in table_chunks[0].text  # the header starts with rows of its own, not alone
     assert all("table_header" not in c.metadata for c in chunks if "Prose after" in c.text and "| City" not in c.text)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_chunks_carry_their_title_and_heading_path(tokenizer, strategy):
+    """Where the text has headings (a Markdown document, whatever the strategy) each chunk knows the
+    heading path where it starts, and its context (title, then that path) is what is embedded and
+    indexed before its text, which stays an exact slice of the document."""
+    document = Document("guide", MARKDOWN, {"title": "Handbook", "format": "markdown"})
+    chunks = check_invariants(Chunker(tokenizer, strategy=strategy, chunk_size=40, chunk_overlap=8), document)
+    sections = [(0, ""), (MARKDOWN.index("# Install"), "Install"),
+                (MARKDOWN.index("## From PyPI"), "Install > From PyPI"),
+                (MARKDOWN.index("## From source"), "Install > From source"),
+                (MARKDOWN.index("### Extras"), "Install > From source > Extras"),
+                (MARKDOWN.index("# Usage"), "Usage > Python API")]  # "# Usage" rides with its sub-section
+    for chunk in chunks:
+        path = [p for start, p in sections if start <= chunk.start][-1]
+        assert chunk.metadata["headers"] == path
+        context = chunk.metadata["context"]
+        assert chunk.indexed == context + CONTEXT_SEPARATOR + chunk.text
+        if not chunk.text.startswith("#"):  # a chunk that opens with its heading does not repeat it
+            assert context == " > ".join(["Handbook", path] if path else ["Handbook"])
+    assert not any("Handbook" in c.text for c in chunks)  # never in the stored text
+
+
+def test_context_leaves_out_what_the_chunk_already_shows(tokenizer):
+    text = "Glaciers\n\nGlaciers form where snow accumulates faster than it melts. " * 3
+    chunker = Chunker(tokenizer, chunk_size=24, chunk_overlap=4)
+    chunks = check_invariants(chunker, Document("g", text, {"title": "Glaciers"}))
+    assert "context" not in chunks[0].metadata  # it opens with its title
+    assert all(c.metadata.get("context") == "Glaciers" for c in chunks[1:] if not c.text.startswith("Glaciers"))
+    markdown = "# Setup\n\n## Install\n\nRun the installer."
+    (chunk,) = Chunker(tokenizer, strategy="markdown").split(Document("m", markdown, {"title": "Manual"}))
+    assert chunk.metadata["context"] == "Manual"  # both headings open the chunk
+
+
+def test_a_long_context_is_cut_never_the_text(tokenizer):
+    title = "A very long title " * 40
+    chunker = Chunker(tokenizer, chunk_size=64, chunk_overlap=8)
+    chunks = check_invariants(chunker, Document("t", PROSE, {"title": title}))
+    assert all(0 < chunker.count_tokens(c.metadata["context"]) <= 64 // 4 for c in chunks)
+    assert "".join(c.text for c in chunks if c.start == 0)  # the text is all there (check_invariants)
+
+
+def test_without_context_the_chunks_are_as_before(tokenizer):
+    """context off: no context key and the whole limit for the text, so the chunks (ids, spans) are
+    those of a document with nothing to carry, as rag cut them before context existed."""
+    titled, plain = Document("doc", PROSE, {"title": "Prose"}), Document("doc", PROSE, {})
+    for strategy in STRATEGIES:
+        off = Chunker(tokenizer, strategy=strategy, chunk_size=40, chunk_overlap=8, context=False).split(titled)
+        assert not any("context" in c.metadata for c in off)
+        assert [c.id for c in off] == [
+            c.id for c in Chunker(tokenizer, strategy=strategy, chunk_size=40, chunk_overlap=8).split(plain)]
+        chunker = Chunker(tokenizer, strategy=strategy, chunk_size=40, chunk_overlap=8)
+        on = chunker.split(titled)
+        assert all(c.metadata["context"] == "Prose" for c in on)
+        assert all(chunker.count_tokens(c.text) < 40 for c in on)  # room kept for the title
+
+
+def test_a_document_that_fits_whole_and_opens_with_its_title_keeps_the_whole_chunk(tokenizer):
+    """Context costs no room where there is nothing to carry: a document that fits one chunk whole
+    and opens with its title (a BEIR record, `title + text`) stays one chunk, as without context; the
+    same text under a title it does not show is cut, each chunk carrying the title."""
+    chunker = Chunker(tokenizer, chunk_size=40, chunk_overlap=8)
+    words = ["Glaciers", "form", "where", "snow", "falls", "faster", "than", "it", "melts", "each", "year"]
+    text = "Glaciers. " + " ".join(words[i % len(words)] for i in range(60))
+    while chunker.count_tokens(text) > chunker.limit:  # the longest that still fits whole
+        text = text.rsplit(" ", 1)[0]
+    # past what the limit less room for the title would leave
+    assert chunker.count_tokens(text) + chunker.count_tokens("Glaciers" + CONTEXT_SEPARATOR) > chunker.limit
+    (chunk,) = check_invariants(chunker, Document("g", text, {"title": "Glaciers"}))
+    assert "context" not in chunk.metadata
+    title = "Ice sheets of the polar regions"  # one the text does not open with: room is kept for it
+    other = check_invariants(chunker, Document("g", text, {"title": title}))
+    assert len(other) == 2 and all(c.metadata["context"] == title for c in other)

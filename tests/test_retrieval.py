@@ -15,7 +15,7 @@ from rag.pipeline import Pipeline
 from rag.retrieval import mmr, rrf, weighted
 from rag.stores.bm25 import LexicalIndex
 from rag.stores.chroma import Store
-from rag.types import Chunk
+from rag.types import Chunk, lexical_item
 
 
 def test_rrf_hand_worked():
@@ -333,7 +333,9 @@ def test_an_old_index_without_metadata_serves_then_is_rebuilt_by_the_next_ingest
     folder = Path(config["store"]["path"]) / "lexical" / "rag"
     expected = {repr(w): hits_of(Pipeline.from_config(config), "telescope", "hybrid", w) for w in PROSE_WHERES}
     store = Pipeline.from_config(config)._open_store(create=False)
-    LexicalIndex(folder).rebuild(store.iter_texts(), store.state)  # ids and texts only, as before filters
+    # ids and (indexed) texts only, as before filters
+    items = (lexical_item(*item)[:2] for item in store.iter_texts(metadata=True))
+    LexicalIndex(folder).rebuild(items, store.state)
     old = Pipeline.from_config(config)
     for where in PROSE_WHERES:
         assert hits_of(old, "telescope", "hybrid", where) == expected[repr(where)], where

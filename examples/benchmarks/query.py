@@ -134,7 +134,7 @@ def measure(folder: Path, warm: list[str], queries: list[str], k: int) -> dict:
     from rag.pipeline import Pipeline
 
     pipeline = Pipeline(load_settings(None, {"store.path": str(folder)}), progress=False)
-    manifest = folder / "lexical" / pipeline.settings.store.collection / "manifest.json"
+    manifest = folder / "lexical" / pipeline.settings.store.collection / "CURRENT"  # names the index in use
     manifest_mtime = manifest.stat().st_mtime_ns
 
     cold = {}

@@ -42,7 +42,7 @@ from bm25s.tokenization import _infer_stopwords
 from rag.errors import ConfigError, StoreError
 from rag.stores.filters import MetadataTable, canonical_where
 from rag.text import log
-from rag.types import LexicalItem, VectorStore, counter_of
+from rag.types import LexicalItem, VectorStore, counter_of, lexical_item
 
 __all__ = ["CURRENT", "LexicalIndex", "Selection"]
 
@@ -418,11 +418,12 @@ class LexicalIndex:
                 try:
                     with store.write_lock(wait=False):
                         self._log_rebuild(store)
-                        self.rebuild(store.iter_texts(metadata=True), store.state)
+                        self.rebuild((lexical_item(*item) for item in store.iter_texts(metadata=True)), store.state)
                 except StoreError:
                     if self._state is None:
                         self._log_rebuild(store)
-                        self.rebuild(store.iter_texts(metadata=True), state, save=False)
+                        self.rebuild((lexical_item(*item) for item in store.iter_texts(metadata=True)), state,
+                                     save=False)
         return self
 
     @staticmethod

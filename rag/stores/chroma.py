@@ -146,6 +146,12 @@ class Store:
         except Exception:
             return {}
 
+    def update_record(self, values: dict[str, Any]) -> None:
+        """Add ``values`` to what the collection records (choices made about it since it was built,
+        such as its tuned fusion); the rest of the record stays as it is."""
+        current = self.client.get_collection(self.collection_name).metadata or {}
+        self._write_metadata({**current, **storable(values)})
+
     def _write_metadata(self, metadata: dict[str, Any]) -> None:
         # Chroma refuses the hnsw:* keys in modify(); they are fixed at creation anyway.
         self.collection.modify(metadata={k: v for k, v in metadata.items() if not k.startswith("hnsw:")})
