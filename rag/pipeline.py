@@ -168,19 +168,9 @@ class Pipeline(Stages):
         """Yields the generated pieces; returns the whole text, the usage and why the text was cut short
         (None when it was not), with their timings."""
         clock = time.perf_counter()
-        pieces: list[str] = []
         completion = generator.stream(prompt)
-        try:
-            for piece in completion:
-                if not pieces:
-                    timings["first_token"] = time.perf_counter() - clock
-                pieces.append(piece)
-                yield piece
-        finally:
-            completion.close()  # this stream closed early: stop the model too
-        timings["generation"] = time.perf_counter() - clock
-        timings.setdefault("first_token", timings["generation"])
-        return "".join(pieces), dict(completion.usage), completion.interrupted
+        text = yield from completion.timed(timings, clock)
+        return text, dict(completion.usage), completion.interrupted
 
     def _evidence(self, question: str, hits: list[Hit]) -> list[Hit]:
         """What the prompt shows: the hits themselves, or their best sentences."""

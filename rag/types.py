@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence, Set
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -290,6 +291,23 @@ class Completion:
 
     def close(self) -> None:
         self._pieces.close()
+
+    def timed(self, timings: dict[str, float], clock: float) -> Generator[str, None, str]:
+        """Yields the pieces and returns the whole text, recording ``first_token`` and ``generation``
+        (seconds since ``clock``, a perf_counter reading) in ``timings``. Stopped early, it closes
+        the completion, so the model stops too."""
+        pieces: list[str] = []
+        try:
+            for piece in self:
+                if not pieces:
+                    timings["first_token"] = time.perf_counter() - clock
+                pieces.append(piece)
+                yield piece
+        finally:
+            self.close()
+        timings["generation"] = time.perf_counter() - clock
+        timings.setdefault("first_token", timings["generation"])
+        return "".join(pieces)
 
 
 class TextGenerator(Protocol):

@@ -13,10 +13,11 @@ part of one (a tail as long as the longest stop string, less one character, is h
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from rag.errors import GenerationError
 
@@ -71,6 +72,22 @@ def check_options(options: Mapping[str, Any]) -> None:
     unknown = set(options) - set(REQUEST_OPTIONS)
     if unknown:
         raise GenerationError(f"unknown generation options {sorted(unknown)}; use {', '.join(REQUEST_OPTIONS)}")
+
+
+_G = TypeVar("_G")
+
+
+def with_request_options(generator: _G, options: Mapping[str, Any]) -> _G:
+    """A copy of ``generator`` (loaded first, so the copy shares its model or tokenizer and
+    connections) with other answer settings for one request: a server's requests each ask for their
+    own without touching the shared generator."""
+    check_options(options)
+    generator.load()  # type: ignore[attr-defined]  # both generators have load(); a Protocol bound would lose the subclass
+    other = copy.copy(generator)
+    for name, value in options.items():
+        if value is not None:
+            setattr(other, name, stop_strings(value) if name == "stop" else value)
+    return other
 
 
 def too_long(tokens: int, max_new_tokens: int, window: int) -> GenerationError:

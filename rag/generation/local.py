@@ -23,12 +23,12 @@ from rag.generation.common import (
     SMALL_GENERATOR,
     PromptFormat,
     answer_settings,
-    check_options,
     cut_at_stop,
     model_context_window,
     stop_strings,
     too_long,
     until_stop,
+    with_request_options,
 )
 from rag.hub import DEFAULT_GENERATION_MODEL, MODEL_LOADING, pick_device, resolve_model_path, torch_dtype
 from rag.types import Completion
@@ -133,13 +133,7 @@ class Generator:
         """This generator with other answer settings for one request (``max_new_tokens``,
         ``temperature``, ``top_p``, ``stop``, ``seed``), sharing the loaded model and tokenizer, so a
         server's requests can each ask for their own without touching the shared one."""
-        check_options(options)
-        self.load()
-        other = copy.copy(self)
-        for name, value in options.items():
-            if value is not None:
-                setattr(other, name, stop_strings(value) if name == "stop" else value)
-        return other
+        return with_request_options(self, options)
 
     # ----------------------------------------------------------------- loading
 

@@ -16,7 +16,6 @@ ModelServerError.
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Generator as PyGenerator
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,13 +28,13 @@ from rag.generation.common import (
     SMALL_GENERATOR,
     PromptFormat,
     answer_settings,
-    check_options,
     estimate_tokens,
     model_context_window,
     neutralize_common,
     stop_strings,
     too_long,
     until_stop,
+    with_request_options,
 )
 from rag.hub import DEFAULT_GENERATION_MODEL, MODEL_LOADING, resolve_model_path
 from rag.modelserver import ModelServer
@@ -98,13 +97,7 @@ class OpenAIGenerator:
     def with_options(self, **options: Any) -> OpenAIGenerator:
         """This generator with other answer settings for one request (rag.generation.REQUEST_OPTIONS),
         sharing the tokenizer and the connections."""
-        check_options(options)
-        self.load()
-        other = copy.copy(self)
-        for name, value in options.items():
-            if value is not None:
-                setattr(other, name, stop_strings(value) if name == "stop" else value)
-        return other
+        return with_request_options(self, options)
 
     # ----------------------------------------------------------------- settling
 

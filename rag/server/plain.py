@@ -19,17 +19,7 @@ def plain_chat(generator: TextGenerator, messages: Sequence[Mapping[str, str]],
     timings: dict[str, float] = {}
     model = generator.with_options(**options) if options else generator
     completion = model.stream_chat(messages)  # a conversation that cannot fit fails here, before any piece
-    pieces: list[str] = []
-    try:
-        for piece in completion:
-            if not pieces:
-                timings["first_token"] = time.perf_counter() - clock
-            pieces.append(piece)
-            yield piece
-    finally:
-        completion.close()
-    timings["generation"] = time.perf_counter() - clock
-    timings.setdefault("first_token", timings["generation"])
-    yield Answer(text="".join(pieces), hits=[], citations=[], prompt="", timings=timings,
+    text = yield from completion.timed(timings, clock)
+    yield Answer(text=text, hits=[], citations=[], prompt="", timings=timings,
                  usage=dict(completion.usage), warnings=[completion.interrupted] if completion.interrupted else [],
                  interrupted=completion.interrupted)

@@ -40,6 +40,7 @@ import tantivy
 from bm25s.tokenization import _infer_stopwords
 
 from rag.errors import ConfigError, StoreError
+from rag.files import fsync_folder
 from rag.stores.filters import MetadataTable, canonical_where
 from rag.text import log
 from rag.types import LexicalItem, VectorStore, counter_of, lexical_item
@@ -384,7 +385,7 @@ class LexicalIndex:
 
     def _replace_file(self, name: str, text: str) -> None:
         self._write(name, lambda f: f.write(text.encode()))
-        _fsync(self.folder)
+        fsync_folder(self.folder)
 
     def _remove_unused(self, keep: set[str]) -> None:
         """Delete what earlier commits left behind (old generations, interrupted writes)."""
@@ -626,17 +627,3 @@ def _top(searcher: tantivy.Searcher, query: tantivy.Query, k: int, names: np.nda
                                                                         strict=True)]
     found.sort(key=lambda hit: (-hit[1], hit[0]))
     return found[:k]
-
-
-def _fsync(folder: Path) -> None:
-    """Make renames in ``folder`` durable (not possible on Windows, where it is skipped)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
